@@ -1,0 +1,101 @@
+"""The ``evosynth`` command: evolve, resume, show. User mistakes exit 2 with one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Evolutionary synthesis of small, fast deep neural networks.")
+
+Encoding = typer.Option(help="cluster (cluster-driven) or synaptic (Darwin baseline)")
+
+
+@app.command()
+def evolve(
+    out: Annotated[Path, typer.Option("--out", help="run directory to create")],
+    model: Annotated[str | None, typer.Option(help="registry model (lenet5, lenet300)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="mnist or digits")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="folder with the data files")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config; flags override it")] = None,
+    generations: Annotated[int | None, typer.Option(help="generations after the ancestor")] = None,
+    epochs: Annotated[int | None, typer.Option(help="training epochs per offspring")] = None,
+    ancestor_epochs: Annotated[int | None, typer.Option(help="ancestor training epochs")] = None,
+    encoding: Annotated[str | None, Encoding] = None,
+    granularity: Annotated[str | None, typer.Option(help="kernel or filter")] = None,
+    offspring: Annotated[int | None, typer.Option(help="offspring per generation")] = None,
+    seed: Annotated[int | None, typer.Option(help="run seed")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue --out if it exists")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bar per epoch")] = True,
+) -> None:
+    """Train an ancestor and evolve it, writing every generation to OUT."""
+    from . import api
+    from .config import load_config
+
+    overrides: dict[str, Any] = {
+        "model": model, "dataset": dataset, "data_dir": data_dir, "seed": seed,
+        "device": device, "evolution.generations": generations, "train.epochs": epochs,
+        "ancestor_train.epochs": ancestor_epochs, "encoding.kind": encoding,
+        "encoding.granularity": granularity, "evolution.offspring": offspring,
+    }
+    cfg = load_config(config, overrides)
+    if resume and force:
+        raise UserError("--resume and --force contradict each other; pick one")
+    if resume and (out / "config.yaml").is_file():
+        api.resume(out, progress=progress)
+    else:
+        api.run(cfg, out, force=force, progress=progress)
+    _show(out)
+
+
+@app.command("resume")
+def resume_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="run directory to continue")],
+    progress: Annotated[bool, typer.Option(help="progress bar per epoch")] = True,
+) -> None:
+    """Continue a run from its last complete generation (same seeds, same result)."""
+    from . import api
+
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} does not exist")
+    api.resume(run_dir, progress=progress)
+    _show(run_dir)
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+    """Print the per-generation table of a run."""
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} does not exist")
+    _show(run_dir)
+
+
+def _show(run_dir: Path) -> None:
+    from .report import history_table
+    from .rundir import RunDir
+
+    rd = RunDir(run_dir)
+    typer.echo(history_table(rd.history(), rd.summary()))
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        typer.echo(f"evosynth: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("evosynth: interrupted; 'evosynth resume RUN_DIR' continues from the last "
+                   "complete generation", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

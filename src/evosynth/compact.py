@@ -1,0 +1,166 @@
+"""Physical compaction: a masked network becomes a smaller dense one that computes the same.
+
+Torch-Pruning removes channels consistently across coupled layers (BatchNorm, residual
+adds, concatenation, flatten into Linear). A channel goes only when it is dead in every
+layer that produces it, or when no live synapse reads it. A dead filter whose bias or
+BatchNorm shift makes it emit a constant is folded into the next layer's bias first, so
+the compact network computes exactly what the masked one did.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .clusters import prunable_layers
+from .genome import Genome
+from .graph import ChannelGroup, Coupling
+
+CONST_TOL = 1e-6
+
+
+@dataclass
+class Compacted:
+    model: nn.Module
+    masks: dict[str, torch.Tensor]  # the within-layer masks of the compact model
+    removed: dict[str, int]  # channels removed, by the layer whose filters they were
+    folded: int  # layers whose bias took in the constant output of dead channels
+    # for every parameter and buffer: the flat index of each compact entry in the original
+    index: dict[str, torch.Tensor]
+
+    def compact_masks(self, param_masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map full-model parameter masks onto the compact model's parameters."""
+        return {n: m.flatten()[self.index[n].to(m.device)].reshape(self.index[n].shape)
+                for n, m in param_masks.items() if n in self.index}
+
+    def expand_into(self, full: nn.Module) -> None:
+        """Write the compact model's values back into the full-shape model they came from
+        (exact only when nothing was folded)."""
+        src = dict(self.model.state_dict())
+        with torch.no_grad():
+            for name, t in full.state_dict().items():
+                if name in self.index and t.dim() > 0:
+                    t.view(-1)[self.index[name].flatten().to(t.device)] = src[name].flatten()
+                elif name in src:
+                    t.copy_(src[name])
+
+
+def _capture_inputs(model: nn.Module, names: set[str], example: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+    modules = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [modules[n].register_forward_pre_hook(
+        lambda mod, args, n=n: seen.__setitem__(n, args[0].detach())) for n in names]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _constant_of(x: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor | None:
+    """The value each of a consumer's input channels ``idxs`` holds for every sample and
+    position, or None if one of them varies (then it is no dead channel's output)."""
+    sel = x[:, idxs].transpose(0, 1).reshape(len(idxs), -1)
+    if bool(((sel.amax(1) - sel.amin(1)) > CONST_TOL * (1 + sel.abs().amax(1))).any()):
+        return None
+    return sel[:, 0]
+
+
+def _fold(layer: nn.Module, idxs: torch.Tensor, const: torch.Tensor) -> bool:
+    """Add what constant inputs ``idxs`` contribute to ``layer``'s bias. A padded conv sees
+    the constant only away from the border, which no bias can express: refuse."""
+    if not bool(const.abs().gt(0).any()):
+        return True
+    if isinstance(layer, nn.Linear):
+        delta = layer.weight[:, idxs] @ const
+    else:
+        if any(p != 0 for p in layer.padding) if isinstance(layer.padding, tuple) else \
+                layer.padding != 0:
+            return False
+        w = layer.weight[:, idxs]
+        delta = (w.reshape(w.shape[0], len(idxs), -1).sum(-1) * const).sum(1)
+    with torch.no_grad():
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(layer.out_channels if hasattr(
+                layer, "out_channels") else layer.out_features, dtype=layer.weight.dtype,
+                device=layer.weight.device))
+        layer.bias += delta
+    return True
+
+
+def _removable(coupling: Coupling, group: ChannelGroup, masks, inputs, modules) -> torch.Tensor:
+    """Boolean over the group's channels: which can leave the network, folding as needed."""
+    consumers = group.by_role("in")
+    if not consumers:
+        return torch.zeros(group.channels, dtype=torch.bool)  # the network's outputs
+    dead = ~coupling.channel_alive(group, masks)
+    unread = ~coupling.channel_read(group, masks)
+    remove = dead | unread
+    folds = []
+    for m in consumers:
+        sel = dead[m.root] & ~unread[m.root]  # dead producer, but still read: constant input
+        if not bool(sel.any()):
+            continue
+        idxs = m.idxs[sel]
+        const = _constant_of(inputs[m.module], idxs)
+        if const is None:
+            return torch.zeros(group.channels, dtype=torch.bool)
+        folds.append((modules[m.module], idxs, const))
+    for layer, idxs, const in folds:
+        if not _fold(layer, idxs, const):
+            return unread  # keep the constant channels; still drop what nobody reads
+    if bool(remove.all()):  # a layer with no channel left: keep one so shapes stay valid
+        remove[0] = False
+    return remove
+
+
+def compact(model: nn.Module, example_input: torch.Tensor,
+            masks: dict[str, torch.Tensor] | None = None, exclude: tuple[str, ...] = ()
+            ) -> Compacted:
+    """A compact copy of ``model`` (masked by ``masks``, else by its zeros); ``model`` itself
+    is left alone. ``example_input`` is a batch on the model's device."""
+    net = copy.deepcopy(model).eval()
+    layers = prunable_layers(net, exclude)
+    modules = dict(net.named_modules())
+    if masks is None:
+        masks = Genome.from_weights(net, layers).masks
+    with torch.no_grad():
+        for name, mask in masks.items():
+            modules[name].weight.mul_(mask.to(modules[name].weight.device))
+    coupling = Coupling.build(net, example_input, layers)
+    # the twin holds each entry's flat index and goes through the same removals
+    twin = copy.deepcopy(net).double()
+    with torch.no_grad():
+        for t in twin.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.arange(t.numel(), dtype=torch.float64).reshape(t.shape))
+    twin_coupling = Coupling.build(twin, example_input.double(), layers)
+
+    inputs = _capture_inputs(net, {m.module for g in coupling.groups for m in g.by_role("in")},
+                             example_input)
+    biases = {n: (m.bias.detach().clone() if m.bias is not None else None)
+              for n, m in modules.items() if n in layers}
+    plan = [(g, tg, _removable(coupling, g, masks, inputs, modules))
+            for g, tg in zip(coupling.groups, twin_coupling.groups, strict=True)]
+    folded = sum(1 for n, b in biases.items()
+                 if modules[n].bias is not None
+                 and (b is None or not torch.equal(b, modules[n].bias.detach())))
+    removed = {}
+    for group, twin_group, remove in plan:
+        idxs = torch.nonzero(remove).flatten().tolist()
+        if not idxs:
+            continue
+        for dg, (root, fn) in ((coupling.dg, group.root), (twin_coupling.dg, twin_group.root)):
+            dg.get_pruning_group(root, fn, idxs).prune(record_history=False)
+        removed[next(n for n, m in modules.items() if m is group.root[0])] = len(idxs)
+    index = {n: t.round().long() for n, t in twin.state_dict().items()
+             if t.is_floating_point()}
+    out_masks = {n: masks[n].flatten()[index[f"{n}.weight"].to(masks[n].device)]
+                 .reshape(index[f"{n}.weight"].shape) for n in layers}
+    return Compacted(net, out_masks, removed, folded, index)

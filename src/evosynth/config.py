@@ -1,0 +1,197 @@
+"""Typed hyper-parameters with defaults and help text (open_lth style), validated by pydantic.
+
+A run directory records the fully resolved ``RunConfig``; ``load_config`` turns YAML into
+one with a one-line message for any mistake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+
+from .errors import UserError
+
+Factor = Annotated[float, Field(gt=0, le=1)]
+# A factor is one value, or a schedule over generations 1, 2, ... whose last value repeats.
+FactorSpec = Factor | Annotated[list[Factor], Field(min_length=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass
+class LayerFactors:
+    """Environmental factors for the layers whose names match a pattern."""
+
+    __pydantic_config__ = _STRICT
+    synapse: FactorSpec | None = field(default=None, metadata={"help": "synapse factor"})
+    cluster: FactorSpec | None = field(default=None, metadata={"help": "cluster factor"})
+
+
+@dataclass
+class EncodingConfig:
+    """The genetic encoding: how a parent's weights become offspring survival probabilities."""
+
+    __pydantic_config__ = _STRICT
+    kind: Literal["cluster", "synaptic"] = field(default="cluster", metadata={
+        "help": "cluster: clusters drawn first, then synapses (Shafiee & Wong); "
+                "synaptic: synapses alone (the Darwin baseline)"})
+    granularity: Literal["kernel", "filter"] = field(default="kernel", metadata={
+        "help": "kernel: conv kernel w[o,i], linear neuron; filter: w[o] in both"})
+    normalization: Literal["max", "budget"] = field(default="budget", metadata={
+        "help": "max: Z = max strength / ln 2 (papers); budget: Z so that the expected "
+                "surviving fraction equals the factor (ours)"})
+    synapse_factor: FactorSpec = field(default=0.7, metadata={
+        "help": "environmental factor F_s for synapses, or a per-generation schedule"})
+    cluster_factor: FactorSpec = field(default=0.7, metadata={
+        "help": "environmental factor F_c for clusters, or a per-generation schedule"})
+    layers: dict[str, LayerFactors] = field(default_factory=dict, metadata={
+        "help": "per-layer factors by fnmatch name pattern; the first match wins"})
+    exclude: list[str] = field(default_factory=list, metadata={
+        "help": "name patterns of Conv/Linear layers to leave dense"})
+    protect_output: bool = field(default=True, metadata={
+        "help": "the output layer's neurons (the classes) never die"})
+    output_layer: str | None = field(default=None, metadata={
+        "help": "name of the output layer; default: the last prunable layer"})
+    couple: bool = field(default=True, metadata={
+        "help": "a dead filter silences the synapses reading its channel, and a channel "
+                "nobody reads kills its filter (Torch-Pruning's dependency graph)"})
+
+
+@dataclass
+class TrainConfig:
+    """One training phase: the ancestor's, or each offspring's."""
+
+    __pydantic_config__ = _STRICT
+    epochs: Annotated[int, Field(ge=0)] = field(default=2, metadata={"help": "epochs"})
+    batch_size: Annotated[int, Field(ge=1)] = field(default=128, metadata={"help": "batch"})
+    optimizer: Literal["sgd", "adam", "adamw"] = field(default="adam", metadata={
+        "help": "optimizer"})
+    lr: Annotated[float, Field(gt=0)] = field(default=1e-3, metadata={"help": "peak rate"})
+    momentum: Fraction = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: Annotated[float, Field(ge=0)] = field(default=0.0, metadata={
+        "help": "weight decay (L2 for sgd/adam, decoupled for adamw)"})
+    lr_schedule: Literal["constant", "cosine", "step"] = field(default="cosine", metadata={
+        "help": "per-step schedule over the phase; step: x0.1 at 50% and 75%"})
+    warmup_steps: Annotated[int, Field(ge=0)] = field(default=0, metadata={
+        "help": "linear warm-up steps"})
+
+
+@dataclass
+class EvolutionConfig:
+    """The generational loop."""
+
+    __pydantic_config__ = _STRICT
+    generations: Annotated[int, Field(ge=0)] = field(default=10, metadata={
+        "help": "generations after the ancestor"})
+    offspring: Annotated[int, Field(ge=1)] = field(default=1, metadata={
+        "help": "offspring sampled and trained per generation; best validation wins"})
+    weights: Literal["inherit", "scratch", "rewind"] = field(default="inherit", metadata={
+        "help": "offspring weights: parent's, re-initialized, or the ancestor's initial"})
+    min_accuracy: Fraction | None = field(default=None, metadata={
+        "help": "stop when validation accuracy falls below this"})
+    max_drop: Fraction | None = field(default=None, metadata={
+        "help": "stop when validation accuracy falls this far below the ancestor's"})
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = field(default=0.1, metadata={
+        "help": "share of the training data held out for selection and the floor"})
+    compact_training: bool = field(default=True, metadata={
+        "help": "train each offspring as its physically compacted network (dead filters "
+                "and channels removed), then write the weights back: same result, cheaper"})
+
+
+@dataclass
+class MeasureConfig:
+    """Costs recorded per generation, measured on the compact network."""
+
+    __pydantic_config__ = _STRICT
+    costs: bool = field(default=True, metadata={
+        "help": "record compact_params, compact_macs, model_bytes and latency_ms"})
+    latency_batch: Annotated[int, Field(ge=1)] = field(default=256, metadata={
+        "help": "batch size of the latency measurement"})
+    latency_repeats: Annotated[int, Field(ge=1)] = field(default=10, metadata={
+        "help": "timed forward passes (median reported) after 3 warm-up passes"})
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; ``config.yaml`` in a run directory is one of these."""
+
+    __pydantic_config__ = _STRICT
+    model: str = field(default="lenet5", metadata={"help": "registry name"})
+    model_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword arguments for the model factory"})
+    dataset: str = field(default="mnist", metadata={"help": "registry name"})
+    data_dir: str | None = field(default=None, metadata={"help": "where the data lies"})
+    seed: int = field(default=0, metadata={"help": "every random draw derives from it"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+    ancestor_weights: str | None = field(default=None, metadata={
+        "help": "safetensors state dict of a trained ancestor: skip ancestor training"})
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+    ancestor_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+
+
+def _one_line(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    skip = ("function-", "list[", "constrained-")
+    where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(skip))
+    # unions report one error per branch: the first branch's message is the useful one
+    return f"{source}: {where or 'config'}: {err['msg']}"
+
+
+def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return TypeAdapter(RunConfig).validate_python(data)
+    except ValidationError as exc:
+        raise UserError(_one_line(exc, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """YAML file (optional) + dotted overrides (``{"train.epochs": 3}``) -> RunConfig."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise UserError(f"{p}: malformed YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: the top level must be a mapping of settings")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return validate(data, str(path) if path else "config")
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def factor_at(spec: float | list[float], generation: int) -> float:
+    """A factor's value in generation g >= 1 (schedules repeat their last value)."""
+    if isinstance(spec, list):
+        return float(spec[min(generation, len(spec)) - 1])
+    return float(spec)

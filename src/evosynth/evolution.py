@@ -1,0 +1,278 @@
+"""The generational loop: sample offspring from the parent's encoding, train, select, record.
+
+``Evolution`` owns one run directory. Every random draw takes a generator seeded from the run
+seed, a purpose and the generation, so a resumed run repeats exactly what the uninterrupted
+one would have done.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .clusters import Layer, prunable_layers
+from .compact import compact
+from .config import RunConfig
+from .costs import count_macs, count_params, latency_ms, size_bytes
+from .data import Splits
+from .encoding import make_encoding
+from .errors import UserError
+from .genome import Genome, apply_param_masks
+from .graph import Coupling
+from .rundir import RunDir
+from .train import evaluate, train
+
+HISTORY_KEYS = ("generation", "val_accuracy", "test_accuracy", "synapses", "kernel_clusters",
+                "filters", "synaptic_efficiency", "cluster_efficiency", "wall_seconds")
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """Independent, stable seeds for each purpose and generation."""
+    digest = hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def generator(seed: int, *parts: object) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(seed, *parts))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available")
+    return dev
+
+
+def reinitialize(model: nn.Module, layers: dict[str, Layer], gen: torch.Generator) -> None:
+    """PyTorch's default Conv/Linear initialization, drawn from ``gen`` (``scratch`` mode)."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name in layers:
+            m = modules[name]
+            w = torch.empty(m.weight.shape)
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
+            m.weight.copy_(w)
+            if m.bias is not None:
+                fan_in = m.weight[0].numel()
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                m.bias.copy_(torch.empty(m.bias.shape).uniform_(-bound, bound, generator=gen))
+
+
+@dataclass
+class EvolutionResult:
+    history: list[dict[str, Any]]
+    best_generation: int
+    best_model: nn.Module
+    best_genome: Genome
+    run_dir: RunDir
+
+
+class Evolution:
+    def __init__(self, cfg: RunConfig, model: nn.Module, data: Splits, run_dir: RunDir,
+                 log: Callable[[str], None] = print, progress: bool = True):
+        self.cfg, self.model, self.data, self.run = cfg, model, data, run_dir
+        self.log, self.progress = log, progress
+        self.device = resolve_device(cfg.device)
+        self.layers = prunable_layers(model, cfg.encoding.exclude)
+        self.encoding = make_encoding(cfg.encoding, self.layers)
+        example = data.train.x[:2]
+        self.coupling = (Coupling.build(copy.deepcopy(model).cpu().eval(), example.cpu(),
+                                        self.layers)
+                         if cfg.encoding.couple else Coupling([], self.layers))
+        self.protected = ({self.encoding.output_layer}
+                          if cfg.encoding.protect_output and self.encoding.output_layer else set())
+        self.history: list[dict[str, Any]] = []
+
+    # -- one step of each kind --------------------------------------------------------------
+    def _compact(self, model: nn.Module, genome: Genome):
+        example = self.data.train.x[:2].to(next(model.parameters()).device)
+        return compact(model, example, genome.masks, tuple(self.cfg.encoding.exclude))
+
+    def _train(self, model: nn.Module, genome: Genome, train_cfg, gen: torch.Generator,
+               desc: str) -> float:
+        pm = self.coupling.param_masks(model, genome.masks)
+        apply_param_masks(model, pm)
+        if train_cfg is not None and train_cfg.epochs:
+            c = self._compact(model, genome) if self.cfg.evolution.compact_training else None
+            if c is not None and c.folded == 0:
+                # dead channels carry exact zeros, so the compact network trains the same
+                # function with the same gradients on the live entries, only cheaper
+                train(c.model, self.data.train, train_cfg, c.compact_masks(pm), gen,
+                      self.device, desc, self.progress)
+                c.expand_into(model)
+            else:
+                train(model, self.data.train, train_cfg, pm, gen, self.device, desc,
+                      self.progress)
+        return evaluate(model, self.data.val, self.device)
+
+    def _costs(self, model: nn.Module, genome: Genome) -> dict[str, Any]:
+        mc = self.cfg.measure
+        if not mc.costs:
+            return {}
+        small = self._compact(model, genome).model.to(self.device)
+        x = self.data.train.x[:mc.latency_batch].to(self.device)
+        return {"compact_params": count_params(small),
+                "compact_macs": count_macs(small, x[:8]),
+                "model_bytes": size_bytes(small),
+                "latency_ms": latency_ms(small, x, mc.latency_repeats),
+                "latency_batch": len(x)}
+
+    def _record(self, g: int, model: nn.Module, genome: Genome, val: float,
+                offspring_val: list[float], seconds: float) -> dict[str, Any]:
+        stats = genome.stats(self.cfg.encoding.granularity)
+        anc = self.history[0] if self.history else stats
+        test = evaluate(model, self.data.test, self.device) if self.data.test else None
+        rec = {
+            "generation": g,
+            "val_accuracy": val,
+            "test_accuracy": test,
+            "synapses": stats["synapses"],
+            "dense_synapses": stats["dense_synapses"],
+            "kernel_clusters": stats["kernel_clusters"],
+            "dense_kernel_clusters": stats["dense_kernel_clusters"],
+            "filters": stats["filters"],
+            "dense_filters": stats["dense_filters"],
+            "clusters": stats["clusters"],
+            "granularity": self.cfg.encoding.granularity,
+            "synaptic_efficiency": anc["synapses"] / max(1, stats["synapses"]),
+            "cluster_efficiency": anc["kernel_clusters"] / max(1, stats["kernel_clusters"]),
+            "filter_efficiency": anc["filters"] / max(1, stats["filters"]),
+            **self._costs(model, genome),
+            "meets_floor": val >= self.floor(val if g == 0 else None),
+            "offspring_val_accuracy": offspring_val,
+            "wall_seconds": seconds,
+            "layers": stats["layers"],
+        }
+        self.history.append(rec)
+        self.run.write_generation(g, model, genome, rec)
+        self.run.write_history(self.history)
+        self.run.write_summary(self.summary())
+        self.log(format_record(rec))
+        return rec
+
+    def floor(self, ancestor_val: float | None = None) -> float:
+        ev = self.cfg.evolution
+        anc = ancestor_val if ancestor_val is not None else self.history[0]["val_accuracy"]
+        floor = -math.inf
+        if ev.min_accuracy is not None:
+            floor = max(floor, ev.min_accuracy)
+        if ev.max_drop is not None:
+            floor = max(floor, anc - ev.max_drop)
+        return floor
+
+    def summary(self) -> dict[str, Any]:
+        meeting = [r for r in self.history if r["meets_floor"]] or self.history[:1]
+        best = min(meeting, key=lambda r: (r["synapses"], -r["val_accuracy"]))
+        last = self.history[-1]
+        stopped = ("floor" if not last["meets_floor"] and last["generation"] > 0
+                   else "generations" if last["generation"] >= self.cfg.evolution.generations
+                   else "running")
+        floor = self.floor()
+        return {
+            "best_generation": best["generation"],
+            "floor": None if floor == -math.inf else floor,
+            "granularity": self.cfg.encoding.granularity,
+            "encoding": self.cfg.encoding.kind,
+            "generations_done": last["generation"],
+            "stopped": stopped,
+            "best": {k: v for k, v in best.items() if k != "layers"},
+        }
+
+    # -- the loop ---------------------------------------------------------------------------
+    def start(self, ancestor_state: dict[str, torch.Tensor] | None = None) -> None:
+        """Generation 0: train (or load) the ancestor and record it."""
+        t0 = time.perf_counter()
+        self.run.save_tensors("ancestor_init.safetensors", self.model.state_dict())
+        genome = Genome.dense(self.model, self.layers)
+        if ancestor_state is not None:
+            try:
+                self.model.load_state_dict(ancestor_state)
+            except RuntimeError as exc:
+                raise UserError(f"ancestor weights do not fit the model: "
+                                f"{str(exc).splitlines()[0]}") from None
+            genome = Genome.from_weights(self.model, self.layers)
+        train_cfg = None if ancestor_state is not None else self.cfg.ancestor_train
+        val = self._train(self.model, genome, train_cfg, generator(self.cfg.seed, "ancestor"),
+                          "ancestor")
+        self.genome = genome
+        self._record(0, self.model, genome, val, [val], time.perf_counter() - t0)
+
+    def restore(self) -> None:
+        """Load the last complete generation as the parent (``evosynth resume``)."""
+        done = self.run.complete_generations()
+        if not done:
+            raise UserError(f"{self.run.path} has no complete generation to resume from; "
+                            "start it again with --force")
+        self.history = [self.run.read_metrics(g) for g in done]
+        self.genome = self.run.load_generation(done[-1], self.model, self.layers)
+        self.run.write_history(self.history)
+        self.run.write_summary(self.summary())
+
+    def finished(self) -> bool:
+        last = self.history[-1]
+        return (last["generation"] >= self.cfg.evolution.generations
+                or (last["generation"] > 0 and not last["meets_floor"]))
+
+    def step(self) -> dict[str, Any]:
+        """One generation: sample, train and evaluate each offspring; keep the best."""
+        g = self.history[-1]["generation"] + 1
+        t0 = time.perf_counter()
+        ev, seed = self.cfg.evolution, self.cfg.seed
+        parent_w = {n: m.weight.detach() for n, m in self.model.named_modules()
+                    if n in self.layers}
+        init = (self.run.load_tensors("ancestor_init.safetensors")
+                if ev.weights == "rewind" else None)
+        best = None
+        vals = []
+        for k in range(ev.offspring):
+            masks = self.encoding.sample(parent_w, self.genome.masks, g,
+                                         generator(seed, "sample", g, k))
+            masks = self.coupling.propagate(masks, self.protected)
+            child = copy.deepcopy(self.model)
+            if ev.weights == "scratch":
+                reinitialize(child, self.layers, generator(seed, "scratch", g, k))
+            elif ev.weights == "rewind":
+                child.load_state_dict(init)
+            genome = Genome(self.layers, masks)
+            val = self._train(child, genome, self.cfg.train, generator(seed, "train", g, k),
+                              f"gen {g}" + (f".{k}" if ev.offspring > 1 else ""))
+            vals.append(val)
+            syn = genome.stats("filter")["synapses"]
+            if best is None or (val, -syn) > (best[0], -best[1]):
+                best = (val, syn, child, genome)
+        val, _, child, genome = best
+        self.model, self.genome = child, genome
+        return self._record(g, child, genome, val, vals, time.perf_counter() - t0)
+
+    def run_all(self) -> EvolutionResult:
+        while not self.finished():
+            self.step()
+        return self.result()
+
+    def result(self) -> EvolutionResult:
+        best_g = self.summary()["best_generation"]
+        model = copy.deepcopy(self.model)
+        genome = self.run.load_generation(best_g, model, self.layers)
+        return EvolutionResult(self.history, best_g, model, genome, self.run)
+
+
+def format_record(r: dict[str, Any]) -> str:
+    test = f"{100 * r['test_accuracy']:.2f}%" if r["test_accuracy"] is not None else "n/a"
+    flag = "" if r["meets_floor"] else "  (below floor)"
+    return (f"gen {r['generation']:>3} | val {100 * r['val_accuracy']:.2f}% test {test} | "
+            f"synapses {r['synapses']:,} ({r['synaptic_efficiency']:.1f}x) | "
+            f"kernels {r['kernel_clusters']:,} ({r['cluster_efficiency']:.2f}x) | "
+            f"filters {r['filters']:,} | {r['wall_seconds']:.1f}s{flag}")

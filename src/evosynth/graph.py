@@ -1,0 +1,159 @@
+"""Channel coupling between layers, from Torch-Pruning's dependency graph.
+
+One place answers "which layers produce channel r, and which synapses read it": a filter
+that dies takes its bias (and BatchNorm affine) with it and silences every synapse that
+reads its channel; a channel that no live synapse reads takes its producing filters with
+it. Without this, masks would count synapses that can only ever see zeros.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .clusters import Layer, live_filters
+
+
+@dataclass
+class Member:
+    module: str
+    role: str  # "out" (a prunable layer's filters), "in" (synapses reading), "aux" (BN etc.)
+    idxs: torch.Tensor  # indices in that module's own channel axis
+    root: torch.Tensor  # the group channel each index belongs to
+    maskable: bool  # a masked prunable layer whose column ``idxs`` we may zero
+
+
+@dataclass
+class ChannelGroup:
+    channels: int
+    root: tuple[nn.Module, object] | None = None  # (module, pruning fn) for Torch-Pruning
+    members: list[Member] = field(default_factory=list)
+
+    def by_role(self, role: str) -> list[Member]:
+        return [m for m in self.members if m.role == role]
+
+
+class Coupling:
+    """Channel groups of a model, built once per architecture."""
+
+    def __init__(self, groups: list[ChannelGroup], layers: dict[str, Layer], dg=None):
+        self.groups = groups
+        self.layers = layers
+        self.dg = dg  # the Torch-Pruning graph, bound to the model it was built on
+
+    @classmethod
+    def build(cls, model: nn.Module, example_input: torch.Tensor, layers: dict[str, Layer]):
+        names = {m: n for n, m in model.named_modules()}
+        try:
+            dg = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+            raw = list(dg.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d,
+                                                             nn.Linear)))
+        except Exception as exc:  # an op Torch-Pruning cannot trace: evolve without coupling
+            warnings.warn(f"no channel coupling ({type(exc).__name__}: {exc}); dead filters "
+                          "will not silence the synapses that read them", stacklevel=2)
+            return cls([], layers)
+        groups = []
+        for g in raw:
+            group = ChannelGroup(len(g[0].idxs), (g[0].dep.target.module, g[0].dep.handler))
+            for item in g:
+                module = item.dep.target.module
+                name = names.get(module)
+                if name is None or not isinstance(module, nn.Module):
+                    continue  # functional ops (flatten, add, cat) carry indices only
+                handler = item.dep.handler
+                is_prunable = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+                if dg.is_out_channel_pruning_fn(handler):
+                    role = "out" if is_prunable else "aux"
+                elif dg.is_in_channel_pruning_fn(handler) and is_prunable:
+                    role = "in"
+                else:
+                    continue
+                maskable = name in layers and getattr(module, "groups", 1) == 1
+                group.members.append(Member(name, role, torch.tensor(item.idxs),
+                                            torch.tensor(item.root_idxs), maskable))
+            groups.append(group)
+        return cls(groups, layers, dg)
+
+    def channel_alive(self, group: ChannelGroup, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A group channel is alive while any producer (or an unmasked one) feeds it."""
+        alive = torch.zeros(group.channels, dtype=torch.bool)
+        for m in group.by_role("out"):
+            if m.module in masks:
+                f = live_filters(masks[m.module]).cpu()[m.idxs]
+            else:
+                f = torch.ones(len(m.idxs), dtype=torch.bool)
+            alive[m.root[f]] = True
+        return alive
+
+    def channel_read(self, group: ChannelGroup, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A group channel is read while any consumer has a live synapse on it. A channel
+        with no prunable consumer (it leaves the network, or feeds an op we cannot see) is
+        read by definition."""
+        consumers = group.by_role("in")
+        if not consumers or not all(m.maskable for m in consumers):
+            return torch.ones(group.channels, dtype=torch.bool)
+        read = torch.zeros(group.channels, dtype=torch.bool)
+        for m in consumers:
+            mask = masks[m.module]
+            cols = mask.transpose(0, 1).reshape(mask.shape[1], -1).any(dim=1).cpu()
+            read[m.root[cols[m.idxs]]] = True
+        return read
+
+    def propagate(self, masks: dict[str, torch.Tensor], protected: set[str] = frozenset()
+                  ) -> dict[str, torch.Tensor]:
+        """Kill what dead filters make useless, both ways, until nothing changes."""
+        masks = {k: v.clone() for k, v in masks.items()}
+        changed = True
+        while changed:
+            changed = False
+            for group in self.groups:
+                alive = self.channel_alive(group, masks) & self.channel_read(group, masks)
+                if bool(alive.all()):
+                    continue
+                dead_root = ~alive
+                for m in group.members:
+                    if not m.maskable or m.role == "aux":
+                        continue
+                    if m.role == "out" and m.module in protected:
+                        continue
+                    sel = m.idxs[dead_root[m.root]]
+                    if len(sel) == 0:
+                        continue
+                    mask = masks[m.module]
+                    view = mask if m.role == "out" else mask.transpose(0, 1)
+                    sel = sel.to(mask.device)
+                    if bool(view[sel].any()):
+                        view[sel] = False
+                        changed = True
+        return masks
+
+    def param_masks(self, model: nn.Module, masks: dict[str, torch.Tensor]
+                    ) -> dict[str, torch.Tensor]:
+        """Masks for every parameter that must stay zero: weights, the biases of dead
+        filters, and the affine parameters (BatchNorm) of dead channels. A dead filter whose
+        bias or BatchNorm shift lived on would feed a constant to the next layer."""
+        modules = dict(model.named_modules())
+        out: dict[str, torch.Tensor] = {}
+        for name, mask in masks.items():
+            out[f"{name}.weight"] = mask
+            if getattr(modules[name], "bias", None) is not None:
+                out[f"{name}.bias"] = live_filters(mask)
+        for group in self.groups:
+            alive = self.channel_alive(group, masks)
+            if bool(alive.all()):
+                continue
+            for m in group.by_role("aux"):
+                module = modules[m.module]
+                for pname in ("weight", "bias"):
+                    p = getattr(module, pname, None)
+                    if isinstance(p, torch.Tensor) and p.dim() == 1:
+                        key = f"{m.module}.{pname}"
+                        pm = out.get(key, torch.ones(p.shape[0], dtype=torch.bool,
+                                                     device=p.device)).clone()
+                        pm[m.idxs.to(p.device)] &= alive[m.root].to(p.device)
+                        out[key] = pm
+        return out

@@ -1,0 +1,88 @@
+"""Training and evaluation under masks: the whole step is in ``train``, on purpose."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data import TensorData
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.lr_schedule == "step":
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return 1.0
+
+
+def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
+          param_masks: dict[str, torch.Tensor], generator: torch.Generator,
+          device: torch.device, desc: str = "train", progress: bool = True) -> float:
+    """Train in place; returns the last epoch's mean loss.
+
+    Masked entries get zero gradient before the step (so momentum and Adam moments never
+    see them) and are re-zeroed after it (so weight decay cannot revive them): a dead
+    synapse stays exactly zero through any optimizer.
+    """
+    model.to(device).train()
+    params = dict(model.named_parameters())
+    masks = [(params[n], m.to(device=device, dtype=params[n].dtype))
+             for n, m in param_masks.items()]
+    opt = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total))
+    x_all, y_all = data.x.to(device), data.y.to(device)
+    loss_sum = 0.0
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(data), generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=not progress, unit="step")
+        for i in bar:
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for p, m in masks:
+                if p.grad is not None:
+                    p.grad.mul_(m)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                for p, m in masks:
+                    p.mul_(m)
+            loss_sum += loss.detach()
+        loss_sum = float(loss_sum) / steps_per_epoch
+    return float(loss_sum)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, device: torch.device,
+             batch_size: int = 1000) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    model.to(device).eval()
+    correct = 0
+    for i in range(0, len(data), batch_size):
+        x = data.x[i:i + batch_size].to(device)
+        correct += int((model(x).argmax(dim=1).cpu() == data.y[i:i + batch_size]).sum())
+    return correct / max(1, len(data))

@@ -1,0 +1,102 @@
+"""The command line: one-line errors with exit code 2, and existing runs never damaged."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from evosynth.cli import main
+
+QUICK = ["--model", "lenet300", "--dataset", "digits", "--generations", "1", "--epochs", "1",
+         "--ancestor-epochs", "1", "--no-progress"]
+
+
+def cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["evosynth", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def finished_run(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = cli(monkeypatch, capsys, "evolve", *QUICK, "--out", out)
+    assert code == 0, stdout
+    return out
+
+
+def test_evolve_show_and_history_keys(finished_run, monkeypatch, capsys):
+    code, out, _ = cli(monkeypatch, capsys, "show", finished_run)
+    assert code == 0 and "| gen |" in out and "best generation" in out
+    rows = [json.loads(x) for x in (finished_run / "history.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == [0, 1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "nope", "--dataset", "digits"], "unknown model 'nope'"),
+    (["--model", "lenet5", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--model", "lenet5", "--dataset", "digits", "--encoding", "magic"], "encoding.kind"),
+    (["--model", "lenet5", "--dataset", "mnist", "--data-dir", "{tmp}/empty"], "MNIST"),
+    (["--config", "{tmp}/missing.yaml"], "does not exist"),
+])
+def test_user_mistakes_are_one_line_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr("evosynth.data.mnist.MIRRORS", ("http://127.0.0.1:9/",))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code, _, err = cli(monkeypatch, capsys, "evolve", *args, "--out", tmp_path / "r")
+    assert code == 2
+    assert err.startswith("evosynth: error:") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("encoding: {cluster_factor: 1.5}", "less than or equal to 1"),
+    ("encoding: {cluster_factor: 0}", "greater than 0"),
+    ("encoding:\n  layers: {conv1: {cluster: -0.2}}", "encoding.layers.conv1.cluster"),
+    ("train: {epochs: [1, 2}", "malformed YAML"),
+    ("evolution: {generationz: 3}", "generationz"),
+])
+def test_bad_config(tmp_path, monkeypatch, capsys, yaml_text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    code, _, err = cli(monkeypatch, capsys, "evolve", "--config", cfg, "--out", tmp_path / "r")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_existing_run_is_never_damaged(finished_run, monkeypatch, capsys):
+    before = snapshot(finished_run)
+    code, _, err = cli(monkeypatch, capsys, "evolve", *QUICK, "--out", finished_run)
+    assert code == 2 and "already exists" in err
+    code, _, err = cli(monkeypatch, capsys, "evolve", *QUICK, "--model", "nope", "--force",
+                       "--out", finished_run)
+    assert code == 2 and "unknown model" in err
+    assert snapshot(finished_run) == before
+
+
+def test_force_refuses_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    code, _, err = cli(monkeypatch, capsys, "evolve", *QUICK, "--force", "--out", precious)
+    assert code == 2 and "not an evosynth run directory" in err
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_resume_of_missing_dir(tmp_path, monkeypatch, capsys):
+    code, _, err = cli(monkeypatch, capsys, "resume", tmp_path / "nothing")
+    assert code == 2 and "does not exist" in err
+
+
+def test_console_script_installed():
+    r = subprocess.run([sys.executable, "-m", "evosynth.cli", "--help"], capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0 and "evolve" in r.stdout and "resume" in r.stdout

@@ -1,0 +1,149 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from evosynth.clusters import cluster_view, prunable_layers
+from evosynth.config import EncodingConfig, validate
+from evosynth.encoding import make_encoding, survival_probability
+from evosynth.evolution import generator
+from evosynth.models.lenet import LeNet5
+
+
+def strengths(n=1000, seed=0):
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed)) ** 3
+
+
+@pytest.mark.parametrize("mode", ["max", "budget"])
+@pytest.mark.parametrize("factor", [0.05, 0.3, 0.7, 1.0])
+def test_probabilities_in_unit_interval_and_monotone(mode, factor):
+    x = strengths()
+    p = survival_probability(x, factor, mode)
+    assert p.min() >= 0 and p.max() <= 1
+    order = torch.argsort(x)
+    assert torch.all(torch.diff(p[order]) >= -1e-12), "survival must rise with strength"
+
+
+def test_max_mode_strongest_gets_exactly_the_factor():
+    x = strengths()
+    p = survival_probability(x, 0.6, "max")
+    assert p[x.argmax()] == pytest.approx(0.6, abs=1e-9)
+    # the paper's shape: F * (exp(x / Z) - 1) with Z = max / ln 2
+    z = float(x.max()) / math.log(2)
+    assert torch.allclose(p, (0.6 * torch.expm1(x.double() / z)).clamp(0, 1))
+
+
+@pytest.mark.parametrize("factor", [0.1, 0.5, 0.7, 0.95])
+def test_budget_mode_hits_requested_expected_survival(factor):
+    p = survival_probability(strengths(5000, 1), factor, "budget")
+    assert float(p.mean()) == pytest.approx(factor, abs=1e-6)
+
+
+def test_budget_mode_keeps_convex_paper_shape():
+    x = strengths()
+    p = survival_probability(x, 0.5, "budget")
+    unsat = p < 1
+    # p = exp(x / Z) - 1 for some Z: log1p(p) is proportional to x where unsaturated
+    ratio = torch.log1p(p[unsat]) / x.double()[unsat]
+    assert float(ratio.std() / ratio.mean()) < 1e-9
+
+
+def lenet_and_encoding(**enc):
+    torch.manual_seed(0)
+    model = LeNet5()
+    layers = prunable_layers(model)
+    cfg = validate({"encoding": enc}).encoding
+    return model, layers, make_encoding(cfg, layers)
+
+
+def weights_and_masks(model, layers):
+    mods = dict(model.named_modules())
+    w = {n: mods[n].weight.detach() for n in layers}
+    return w, {n: torch.ones_like(w[n], dtype=torch.bool) for n in layers}
+
+
+@pytest.mark.parametrize("granularity", ["kernel", "filter"])
+def test_no_synapse_survives_in_a_dead_cluster(granularity):
+    model, layers, enc = lenet_and_encoding(granularity=granularity, cluster_factor=0.5,
+                                            synapse_factor=0.9)
+    w, m = weights_and_masks(model, layers)
+    child = enc.sample(w, m, 1, generator(0, "t"))
+    # a cluster is dead when its draw failed: synapses are then all dead, never partly
+    for name, layer in layers.items():
+        if enc.is_protected(name):
+            continue
+        view = cluster_view(child[name], layer, granularity)
+        n_live = view.sum(1)
+        assert (n_live == 0).sum() > 0, "factor 0.5 must kill some clusters"
+    # with synapse factor 1 the survivors are exactly the drawn clusters: all or nothing
+    model, layers, enc = lenet_and_encoding(granularity=granularity, cluster_factor=0.5,
+                                            synapse_factor=1.0)
+    child = enc.sample(w, m, 1, generator(0, "t"))
+    for name, layer in layers.items():
+        view = cluster_view(child[name], layer, granularity)
+        n_live = view.sum(1)
+        assert torch.all((n_live == 0) | (n_live == view.shape[1]))
+
+
+def test_dead_in_parent_stays_dead_and_same_seed_same_masks():
+    model, layers, enc = lenet_and_encoding(cluster_factor=0.8, synapse_factor=0.8)
+    w, m = weights_and_masks(model, layers)
+    a = enc.sample(w, m, 1, generator(7, "s"))
+    b = enc.sample(w, a, 2, generator(7, "s2"))
+    for n in layers:
+        assert not torch.any(b[n] & ~a[n]), "a synapse dead in the parent came back"
+    a2 = enc.sample(w, m, 1, generator(7, "s"))
+    assert all(torch.equal(a[n], a2[n]) for n in layers)
+    c = enc.sample(w, m, 1, generator(8, "s"))
+    assert any(not torch.equal(a[n], c[n]) for n in layers)
+
+
+def test_budget_factor_sets_the_shrink_rate_per_layer():
+    model, layers, enc = lenet_and_encoding(cluster_factor=0.5, synapse_factor=1.0,
+                                            layers={"conv2": {"cluster": 0.9}})
+    w, m = weights_and_masks(model, layers)
+    counts = {"conv2": [], "fc1": []}
+    for k in range(20):
+        child = enc.sample(w, m, 1, generator(0, k))
+        for n in counts:
+            counts[n].append(float(child[n].float().mean()))
+    assert sum(counts["conv2"]) / 20 == pytest.approx(0.9, abs=0.02)
+    assert sum(counts["fc1"]) / 20 == pytest.approx(0.5, abs=0.03)
+
+
+def test_schedule_and_layer_patterns_resolve():
+    _, _, enc = lenet_and_encoding(cluster_factor=[0.9, 0.8, 0.7], synapse_factor=0.6,
+                                   layers={"fc*": {"synapse": [0.5, 0.4]}})
+    assert enc.factors("conv1", 1) == (0.6, 0.9)
+    assert enc.factors("conv1", 3) == (0.6, 0.7)
+    assert enc.factors("conv1", 9) == (0.6, 0.7)
+    assert enc.factors("fc1", 2) == (0.4, 0.8)
+
+
+def test_output_neurons_never_die_by_default():
+    model, layers, enc = lenet_and_encoding(cluster_factor=0.05, synapse_factor=0.05)
+    w, m = weights_and_masks(model, layers)
+    for g in range(1, 4):
+        m = enc.sample(w, m, g, generator(0, g))
+        assert bool(m["fc2"].any(dim=1).all())
+    model, layers, enc = lenet_and_encoding(cluster_factor=0.05, synapse_factor=0.05,
+                                            protect_output=False)
+    w, m = weights_and_masks(model, layers)
+    m = enc.sample(w, m, 1, generator(0, 1))
+    assert not bool(m["fc2"].any(dim=1).all())
+
+
+def test_synaptic_encoding_draws_no_clusters():
+    model, layers, enc = lenet_and_encoding(kind="synaptic", synapse_factor=0.5)
+    w, m = weights_and_masks(model, layers)
+    probs = enc.probabilities("conv2", w["conv2"], m["conv2"], 1)
+    assert probs.cluster is None
+
+
+def test_any_module_with_exclusions():
+    model = nn.Sequential(nn.Conv1d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6, 4))
+    layers = prunable_layers(model, exclude=["3"])
+    assert list(layers) == ["0"]
+    enc = make_encoding(EncodingConfig(cluster_factor=0.5), layers)
+    assert enc.output_layer == "0"

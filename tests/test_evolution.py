@@ -1,0 +1,143 @@
+"""The loop end to end: synapses fall, records are complete, resume equals uninterrupted."""
+
+import itertools
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import evosynth
+from evosynth.config import validate
+from evosynth.evolution import HISTORY_KEYS
+from evosynth.rundir import RunDir
+
+QUICK = {
+    "model": "lenet300", "dataset": "digits", "seed": 3,
+    "encoding": {"cluster_factor": 0.7, "synapse_factor": 0.7},
+    "evolution": {"generations": 3},
+    "ancestor_train": {"epochs": 2}, "train": {"epochs": 1},
+}
+
+
+def quick(**over):
+    data = json.loads(json.dumps(QUICK))
+    for k, v in over.items():
+        data.setdefault(k, {}).update(v) if isinstance(v, dict) else data.__setitem__(k, v)
+    return validate(data)
+
+
+def test_end_to_end_synapses_fall_and_records_complete(tmp_path):
+    res = evosynth.run(quick(), tmp_path / "run", progress=False, log=lambda s: None)
+    hist = res.history
+    assert [r["generation"] for r in hist] == [0, 1, 2, 3]
+    for r in hist:
+        assert set(HISTORY_KEYS) <= set(r)
+        assert 0 <= r["val_accuracy"] <= 1 and 0 <= r["test_accuracy"] <= 1
+    syn = [r["synapses"] for r in hist]
+    assert all(b < a for a, b in itertools.pairwise(syn)), syn
+    assert hist[-1]["synaptic_efficiency"] == pytest.approx(syn[0] / syn[-1])
+    assert hist[0]["val_accuracy"] > 0.8, "the ancestor did not learn"
+    rd = RunDir(tmp_path / "run")
+    assert rd.history() == json.loads(json.dumps(hist))
+    assert rd.summary()["best_generation"] == 3
+    assert rd.config() == quick()
+    for g in range(4):
+        d = rd.generation_dir(g)
+        weights = load_file(str(d / "weights.safetensors"))
+        masks = load_file(str(d / "masks.safetensors"))
+        for name, m in masks.items():
+            assert torch.all(weights[f"{name}.weight"][m == 0] == 0), "a dead synapse is nonzero"
+        assert json.loads((d / "metrics.json").read_text())["generation"] == g
+    # the best offspring as a module computes with its masks
+    assert res.best_model.fc1.weight.count_nonzero() == res.best_genome.masks["fc1"].sum()
+
+
+@pytest.mark.parametrize("weights", ["inherit", "scratch", "rewind"])
+def test_offspring_weight_modes(tmp_path, weights):
+    cfg = quick(evolution={"generations": 1, "weights": weights}, train={"epochs": 0})
+    evosynth.run(cfg, tmp_path / weights, progress=False, log=lambda s: None)
+    rd = RunDir(tmp_path / weights)
+    parent = load_file(str(rd.generation_dir(0) / "weights.safetensors"))["fc1.weight"]
+    child = load_file(str(rd.generation_dir(1) / "weights.safetensors"))["fc1.weight"]
+    init = rd.load_tensors("ancestor_init.safetensors")["fc1.weight"]
+    alive = load_file(str(rd.generation_dir(1) / "masks.safetensors"))["fc1"].bool()
+    assert alive.any()
+    if weights == "inherit":
+        assert torch.equal(child[alive], parent[alive])
+    elif weights == "rewind":
+        assert torch.equal(child[alive], init[alive])
+    else:
+        assert not torch.equal(child[alive], parent[alive])
+        assert not torch.equal(child[alive], init[alive])
+
+
+def strip(history):
+    timed = ("wall_seconds", "latency_ms")
+    return [{k: v for k, v in r.items() if k not in timed} for r in history]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    cfg = quick(evolution={"offspring": 2})
+    whole = evosynth.run(cfg, tmp_path / "whole", progress=False, log=lambda s: None)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_gen1(line):
+        if line.startswith("gen   1"):
+            raise Crash
+
+    with pytest.raises(Crash):
+        evosynth.run(cfg, tmp_path / "cut", progress=False, log=crash_after_gen1)
+    rd = RunDir(tmp_path / "cut")
+    assert rd.complete_generations() == [0, 1]
+    # a half-written generation left behind by the crash must not confuse resume
+    (rd.path / "generations" / ".2.partial").mkdir()
+    resumed = evosynth.resume(tmp_path / "cut", progress=False, log=lambda s: None)
+    assert strip(resumed.history) == strip(whole.history)
+    for g in range(4):
+        for f in ("weights.safetensors", "masks.safetensors"):
+            a = load_file(str(RunDir(tmp_path / "whole").generation_dir(g) / f))
+            b = load_file(str(rd.generation_dir(g) / f))
+            assert all(torch.equal(a[k], b[k]) for k in a), (g, f)
+    assert not (rd.path / "generations" / ".2.partial").exists()
+
+
+def test_floor_stops_and_summary_picks_smallest_meeting_it(tmp_path):
+    cfg = quick(encoding={"cluster_factor": 0.3, "synapse_factor": 0.3},
+                evolution={"generations": 8, "max_drop": 0.05})
+    res = evosynth.run(cfg, tmp_path / "r", progress=False, log=lambda s: None)
+    last = res.history[-1]
+    anc = res.history[0]["val_accuracy"]
+    assert not last["meets_floor"] and last["val_accuracy"] < anc - 0.05
+    summary = RunDir(tmp_path / "r").summary()
+    assert summary["stopped"] == "floor"
+    best = res.history[summary["best_generation"]]
+    assert best["meets_floor"] and best["val_accuracy"] >= anc - 0.05
+    assert best["synapses"] == min(r["synapses"] for r in res.history if r["meets_floor"])
+    shutil.rmtree(tmp_path / "r")
+
+
+def test_compact_training_trains_the_same_network(tmp_path):
+    """Training the compacted offspring and writing it back equals masked training."""
+    runs = {}
+    for flag in (True, False):
+        cfg = quick(evolution={"generations": 2, "compact_training": flag},
+                    encoding={"cluster_factor": 0.6})
+        evosynth.run(cfg, tmp_path / str(flag), progress=False, log=lambda s: None)
+        runs[flag] = RunDir(tmp_path / str(flag))
+    for g in (1, 2):
+        a = load_file(str(runs[True].generation_dir(g) / "weights.safetensors"))
+        b = load_file(str(runs[False].generation_dir(g) / "weights.safetensors"))
+        for k in a:
+            if k.endswith(("weight", "bias")):
+                assert torch.allclose(a[k], b[k], atol=1e-4), (g, k)
+        ma = load_file(str(runs[True].generation_dir(g) / "masks.safetensors"))
+        mb = load_file(str(runs[False].generation_dir(g) / "masks.safetensors"))
+        assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    ha, hb = runs[True].history(), runs[False].history()
+    assert [r["synapses"] for r in ha] == [r["synapses"] for r in hb]
+    assert ha[-1]["compact_params"] < ha[0]["compact_params"]
+    assert ha[-1]["compact_macs"] < ha[0]["compact_macs"]
