@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-import torch
-
 import evosynth
 from evosynth.config import load_config
+from evosynth.costs import machine
 from evosynth.report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,19 +30,6 @@ COLUMNS = (
     ("clu eff", "cluster_efficiency", "{:.2f}x"),
     ("wall s", "wall_seconds", "{:.1f}"),
 )
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def best_at(history, floor: float, key: str):

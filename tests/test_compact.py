@@ -146,3 +146,26 @@ def test_residual_channel_kept_while_any_producer_lives():
     assert c.model.stem.out_channels == 15 and c.model.c2.out_channels == 15
     x = torch.randn(8, 3, 12, 12)
     assert (c.model(x) - ref(x)).abs().max() <= 1e-5
+
+
+def test_expand_into_writes_compact_training_back():
+    """Values trained in the compact network land on the right entries of the full one."""
+    torch.manual_seed(0)
+    model = ResBlockNet().eval()
+    randomize_bn(model)
+    layers = prunable_layers(model)
+    masks = kill(model, layers, seed=2, filters=0.3, kernels=0.0, synapses=0.2)
+    ex = torch.randn(4, 3, 12, 12)
+    ref = masked_copy(model, masks, True, ex)
+    c = compact(ref, ex, masks)
+    assert c.folded == 0
+    pm = c.compact_masks(Coupling.build(ref, ex, layers).param_masks(ref, masks))
+    with torch.no_grad():
+        for p in c.model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        params = dict(c.model.named_parameters())
+        for n, m in pm.items():
+            params[n].mul_(m)
+    c.expand_into(ref)
+    x = torch.randn(8, 3, 12, 12)
+    assert (c.model(x) - ref(x)).abs().max() <= 1e-5

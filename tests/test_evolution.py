@@ -34,6 +34,7 @@ def test_end_to_end_synapses_fall_and_records_complete(tmp_path):
     assert [r["generation"] for r in hist] == [0, 1, 2, 3]
     for r in hist:
         assert set(HISTORY_KEYS) <= set(r)
+        assert {"compact_params", "compact_macs", "latency_ms", "model_bytes"} <= set(r)
         assert 0 <= r["val_accuracy"] <= 1 and 0 <= r["test_accuracy"] <= 1
     syn = [r["synapses"] for r in hist]
     assert all(b < a for a, b in itertools.pairwise(syn)), syn

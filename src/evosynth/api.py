@@ -98,6 +98,26 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False,
     return evo.run_all()
 
 
+def load_run(run_dir: str | Path, generation: int | None = None):
+    """(model with the generation's weights, its Genome, the run's config, example input).
+
+    ``generation`` defaults to the run's best (summary.json)."""
+    rd = RunDir(run_dir)
+    cfg = rd.config()
+    model, data = _from_config(cfg)
+    done = rd.complete_generations()
+    if generation is None:
+        summary = rd.summary()
+        generation = summary["best_generation"] if summary else (done[-1] if done else 0)
+    if generation not in done:
+        raise UserError(f"{rd.path}: generation {generation} is not complete; "
+                        f"complete: {done or 'none'}")
+    from .clusters import prunable_layers
+
+    genome = rd.load_generation(generation, model, prunable_layers(model, cfg.encoding.exclude))
+    return model.eval(), genome, cfg, data.train.x[:8]
+
+
 def resume(out: str | Path, log: Callable[[str], None] = print, progress: bool = True
            ) -> EvolutionResult:
     """Continue a run from its last complete generation, exactly as if never stopped."""

@@ -77,6 +77,43 @@ def show(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None
     _show(run_dir)
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    format: Annotated[str, typer.Option("--format", help="onnx or safetensors")] = "onnx",
+    generation: Annotated[int | None, typer.Option(help="default: the run's best")] = None,
+    out: Annotated[Path | None, typer.Option(help="output file")] = None,
+) -> None:
+    """Write a generation's compact network (dead filters and channels removed)."""
+    from .api import load_run
+    from .compact import compact
+    from .export import FORMATS, export_onnx, export_safetensors
+
+    if format not in FORMATS:
+        raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} does not exist")
+    model, genome, cfg, example = load_run(run_dir, generation)
+    g = generation if generation is not None else _best(run_dir)
+    small = compact(model, example, genome.masks, tuple(cfg.encoding.exclude)).model
+    out = out or run_dir / f"compact-gen{g}.{'onnx' if format == 'onnx' else 'safetensors'}"
+    if format == "onnx":
+        diff = export_onnx(small, example, out)
+        typer.echo(f"wrote {out} (onnxruntime vs PyTorch: max abs diff {diff:.1e})")
+    else:
+        meta = {"model": cfg.model, "model_args": cfg.model_args, "generation": g,
+                "input_shape": list(example.shape[1:]), "source": str(run_dir)}
+        export_safetensors(small, out, meta)
+        typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def _best(run_dir: Path) -> int:
+    from .rundir import RunDir
+
+    summary = RunDir(run_dir).summary()
+    return summary["best_generation"] if summary else 0
+
+
 def _show(run_dir: Path) -> None:
     from .report import history_table
     from .rundir import RunDir

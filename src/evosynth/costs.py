@@ -3,8 +3,11 @@ and measured latency. One measuring routine for every model, so ratios compare l
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from safetensors.torch import save
@@ -30,23 +33,39 @@ def size_bytes(model: nn.Module) -> int:
     return len(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _sync(x) -> None:
+    if isinstance(x, torch.Tensor) and x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
 
 
 @torch.no_grad()
 def latency_ms(fn, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of ``fn(x)`` in milliseconds after warm-up."""
+    """Median wall time of ``fn(x)`` in milliseconds after warm-up (``x`` a tensor, or any
+    input ``fn`` takes, such as a numpy array for onnxruntime)."""
     if isinstance(fn, nn.Module):
         fn.eval()
     for _ in range(warmup):
         fn(x)
-    _sync(x.device)
+    _sync(x)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn(x)
-        _sync(x.device)
+        _sync(x)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def machine() -> str:
+    """The machine a measurement ran on, for every benchmark table."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")

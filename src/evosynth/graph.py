@@ -49,7 +49,8 @@ class Coupling:
     def build(cls, model: nn.Module, example_input: torch.Tensor, layers: dict[str, Layer]):
         names = {m: n for n, m in model.named_modules()}
         try:
-            dg = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+            with torch.enable_grad():  # Torch-Pruning traces through autograd
+                dg = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
             raw = list(dg.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d,
                                                              nn.Linear)))
         except Exception as exc:  # an op Torch-Pruning cannot trace: evolve without coupling

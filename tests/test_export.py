@@ -1,0 +1,56 @@
+"""Export: ONNX matches PyTorch under onnxruntime; safetensors + JSON reloads exactly."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import evosynth
+from evosynth.api import load_run
+from evosynth.compact import compact
+from evosynth.config import validate
+from evosynth.export import export_onnx, export_safetensors, load_safetensors
+from evosynth.models.lenet import LeNet5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("r") / "run"
+    cfg = validate({"model": "lenet5", "dataset": "digits", "evolution": {"generations": 2},
+                    "encoding": {"cluster_factor": 0.6},
+                    "ancestor_train": {"epochs": 1}, "train": {"epochs": 1}})
+    evosynth.run(cfg, out, progress=False, log=lambda s: None)
+    return out
+
+
+def test_onnx_matches_pytorch(run, tmp_path):
+    model, genome, _, example = load_run(run)
+    small = compact(model, example, genome.masks).model
+    assert small.conv1.out_channels < 20
+    diff = export_onnx(small, example, tmp_path / "m.onnx")
+    assert diff <= 1e-4
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(33, 1, 28, 28)  # another batch size: the batch axis is dynamic
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(x).numpy()).max() <= 1e-4
+
+
+def test_safetensors_reload_computes_the_same(run, tmp_path):
+    model, genome, _, example = load_run(run, generation=2)
+    small = compact(model, example, genome.masks).model
+    export_safetensors(small, tmp_path / "m.safetensors", {"model": "lenet5"})
+    back = load_safetensors(LeNet5(), tmp_path / "m.safetensors")
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(back(x), small(x))
+        assert (back(x) - model(x)).abs().max() <= 1e-5
+
+
+def test_cli_export(run, monkeypatch, capsys):
+    from .test_cli import cli
+
+    code, out, _ = cli(monkeypatch, capsys, "export", run, "--format", "onnx")
+    assert code == 0 and "max abs diff" in out
+    code, _, err = cli(monkeypatch, capsys, "export", run, "--generation", "9")
+    assert code == 2 and "generation 9 is not complete" in err
