@@ -16,7 +16,7 @@ from evosynth.rundir import RunDir
 QUICK = {
     "model": "lenet300", "dataset": "digits", "seed": 3,
     "encoding": {"cluster_factor": 0.7, "synapse_factor": 0.7},
-    "evolution": {"generations": 3},
+    "evolution": {"generations": 3, "max_drop": None},
     "ancestor_train": {"epochs": 2}, "train": {"epochs": 1},
 }
 

@@ -70,12 +70,13 @@ class TrainConfig:
     __pydantic_config__ = _STRICT
     epochs: Annotated[int, Field(ge=0)] = field(default=2, metadata={"help": "epochs"})
     batch_size: Annotated[int, Field(ge=1)] = field(default=128, metadata={"help": "batch"})
-    optimizer: Literal["sgd", "adam", "adamw"] = field(default="adam", metadata={
+    optimizer: Literal["sgd", "adam", "adamw"] = field(default="sgd", metadata={
         "help": "optimizer"})
-    lr: Annotated[float, Field(gt=0)] = field(default=1e-3, metadata={"help": "peak rate"})
+    lr: Annotated[float, Field(gt=0)] = field(default=0.02, metadata={"help": "peak rate"})
     momentum: Fraction = field(default=0.9, metadata={"help": "SGD momentum"})
-    weight_decay: Annotated[float, Field(ge=0)] = field(default=0.0, metadata={
-        "help": "weight decay (L2 for sgd/adam, decoupled for adamw)"})
+    weight_decay: Annotated[float, Field(ge=0)] = field(default=5e-4, metadata={
+        "help": "weight decay (L2 for sgd/adam, decoupled for adamw); it also sharpens the "
+                "strength signal the next generation is sampled from"})
     lr_schedule: Literal["constant", "cosine", "step"] = field(default="cosine", metadata={
         "help": "per-step schedule over the phase; step: x0.1 at 50% and 75%"})
     warmup_steps: Annotated[int, Field(ge=0)] = field(default=0, metadata={
@@ -95,8 +96,9 @@ class EvolutionConfig:
         "help": "offspring weights: parent's, re-initialized, or the ancestor's initial"})
     min_accuracy: Fraction | None = field(default=None, metadata={
         "help": "stop when validation accuracy falls below this"})
-    max_drop: Fraction | None = field(default=None, metadata={
-        "help": "stop when validation accuracy falls this far below the ancestor's"})
+    max_drop: Fraction | None = field(default=0.01, metadata={
+        "help": "stop when validation accuracy falls this far below the ancestor's "
+                "(null: no floor unless min_accuracy)"})
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = field(default=0.1, metadata={
         "help": "share of the training data held out for selection and the floor"})
     compact_training: bool = field(default=True, metadata={
@@ -133,7 +135,7 @@ class RunConfig:
         "help": "safetensors state dict of a trained ancestor: skip ancestor training"})
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
-    ancestor_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8))
+    ancestor_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
@@ -146,9 +148,21 @@ def _one_line(exc: ValidationError, source: str) -> str:
     return f"{source}: {where or 'config'}: {err['msg']}"
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) \
+            else v
+    return out
+
+
 def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Settings over the defaults: a section given in part keeps its other defaults (so
+    ``ancestor_train: {lr: 0.01}`` keeps the ancestor's 15 epochs)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the top level must be a mapping of settings")
     try:
-        return TypeAdapter(RunConfig).validate_python(data)
+        return TypeAdapter(RunConfig).validate_python(_merge(to_dict(RunConfig()), data))
     except ValidationError as exc:
         raise UserError(_one_line(exc, source)) from None
 

@@ -1,0 +1,230 @@
+"""evosynth against what users would pick instead, on one ancestor, the same data and the same
+training budget, in one run.
+
+    python benchmarks/compare.py [--data-dir ../shared/data/mnist] [--out runs/compare]
+    python benchmarks/compare.py --quick        # tiny: digits, 2 steps (the test suite runs it)
+
+Methods (each gets ``steps`` x ``epochs`` fine-tuning epochs after the shared ancestor):
+evosynth cluster-driven and synaptic encodings; global iterative magnitude pruning
+(``torch.nn.utils.prune``); Torch-Pruning's global structured magnitude pruning, physically
+shrunk by Torch-Pruning; random unstructured pruning at IMP's sparsity (a control).
+Every step is measured by the same code: test accuracy, synapses, kernel clusters,
+filters/neurons, compact MACs, CPU latency at batch 256, wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune
+
+import evosynth
+from evosynth.clusters import prunable_layers
+from evosynth.compact import compact
+from evosynth.config import load_config
+from evosynth.costs import count_macs, latency_ms, machine
+from evosynth.data import Splits
+from evosynth.evolution import generator
+from evosynth.genome import Genome
+from evosynth.report import markdown_table
+from evosynth.train import evaluate, train
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = (("method", "method", "{}"), ("step", "step", "{}"),
+           ("test %", "test_accuracy", "{:.2%}"), ("synapses", "synapses", "{:,}"),
+           ("kernels", "kernel_clusters", "{:,}"), ("filters", "filters", "{:,}"),
+           ("MACs", "macs", "{:,}"), ("ms @256", "latency_ms", "{:.2f}"),
+           ("syn eff", "synaptic_efficiency", "{:.1f}x"),
+           ("clu eff", "cluster_efficiency", "{:.2f}x"), ("speed-up", "speedup", "{:.2f}x"),
+           ("wall s", "wall_seconds", "{:.0f}"))
+
+
+class Bench:
+    """Shared data, ancestor and measuring code for every method."""
+
+    def __init__(self, data: Splits, ancestor: nn.Module, cfg, device, repeats: int):
+        self.data, self.ancestor, self.cfg, self.device = data, ancestor, cfg, device
+        self.repeats = repeats
+        self.x256 = data.test.x[:256]
+        self.rows: list[dict] = []
+        self.base: dict | None = None
+
+    def measure(self, method: str, step: int, model: nn.Module, seconds: float,
+                masks: dict[str, torch.Tensor] | None = None) -> dict:
+        model = model.eval()
+        layers = prunable_layers(model)
+        genome = Genome(layers, masks) if masks else Genome.from_weights(model, layers)
+        stats = genome.stats("kernel")
+        small = compact(model, self.x256[:2], genome.masks).model
+        row = {"method": method, "step": step,
+               "test_accuracy": evaluate(model, self.data.test, self.device),
+               "synapses": stats["synapses"], "kernel_clusters": stats["kernel_clusters"],
+               "filters": stats["filters"], "macs": count_macs(small, self.x256[:8]),
+               "latency_ms": latency_ms(small.cpu(), self.x256, self.repeats),
+               "wall_seconds": seconds}
+        if self.base is None:
+            self.base = row
+        row["synaptic_efficiency"] = self.base["synapses"] / max(1, row["synapses"])
+        row["cluster_efficiency"] = self.base["kernel_clusters"] / max(1, row["kernel_clusters"])
+        row["speedup"] = self.base["latency_ms"] / row["latency_ms"]
+        self.rows.append(row)
+        print(f"  {method} step {step}: test {row['test_accuracy']:.2%}, "
+              f"{row['synapses']:,} synapses, {row['kernel_clusters']:,} kernels, "
+              f"{row['speedup']:.2f}x latency", flush=True)
+        return row
+
+    def finetune(self, model: nn.Module, step: int, name: str) -> None:
+        train(model, self.data.train, self.cfg.train, {}, generator(self.cfg.seed, name, step),
+              self.device, progress=False)
+
+
+def unstructured(bench: Bench, steps: int, keep: float, method: str, random: bool) -> None:
+    """Global iterative pruning with ``torch.nn.utils.prune``: magnitude (IMP) or random."""
+    model = copy.deepcopy(bench.ancestor)
+    targets = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(bench.cfg.seed)  # RandomUnstructured draws from the global RNG
+        for step in range(1, steps + 1):
+            t0 = time.perf_counter()
+            prune.global_unstructured(
+                targets, amount=1 - keep,
+                pruning_method=prune.RandomUnstructured if random else prune.L1Unstructured)
+            masks = {n: m.weight_mask.bool() for n, m in model.named_modules()
+                     if hasattr(m, "weight_mask")}
+            bench.finetune(model, step, method)  # prune's own hooks keep the masks
+            plain = copy.deepcopy(bench.ancestor)
+            sd = model.state_dict()
+            plain.load_state_dict({k.removesuffix("_orig"): v * sd[k.replace("_orig", "_mask")]
+                                   if k.endswith("_orig") else v
+                                   for k, v in sd.items() if not k.endswith("_mask")})
+            bench.measure(method, step, plain, time.perf_counter() - t0, masks)
+
+
+def structured(bench: Bench, steps: int, ratio: float) -> None:
+    """Torch-Pruning: global magnitude importance, iterative steps, fine-tuned, shrunk."""
+    model = copy.deepcopy(bench.ancestor)
+    out_layer = list(prunable_layers(model).values())[-1].name
+    pruner = tp.pruner.MagnitudePruner(
+        model, bench.x256[:2], importance=tp.importance.MagnitudeImportance(p=1),
+        global_pruning=True, pruning_ratio=ratio, iterative_steps=steps,
+        ignored_layers=[model.get_submodule(out_layer)])
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        pruner.step()
+        bench.finetune(model, step, "torch-pruning")
+        bench.measure("torch-pruning", step, model, time.perf_counter() - t0)
+
+
+def evolutionary(bench: Bench, config: Path, kind: str, weights: Path, out: Path, over) -> None:
+    cfg = load_config(config, {**over, "ancestor_weights": str(weights), "encoding.kind": kind,
+                               "measure.costs": False})
+    res = evosynth.run(cfg, out / f"evosynth-{kind}", force=True, progress=False,
+                       log=lambda s: None)
+    rd = res.run_dir
+    model = copy.deepcopy(bench.ancestor)
+    layers = prunable_layers(model)
+    for rec in res.history[1:]:
+        genome = rd.load_generation(rec["generation"], model, layers)
+        bench.measure(f"evosynth {kind}", rec["generation"], model, rec["wall_seconds"],
+                      genome.masks)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] in (method, "ancestor")]
+        for ax, key in zip(axes, ("synapses", "kernel_clusters"), strict=True):
+            ax.plot([r[key] for r in rs], [100 * r["test_accuracy"] for r in rs], "o-",
+                    label=method, ms=3)
+    for ax, label in zip(axes, ("synapses (log)", "kernel clusters (log)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy %")
+        top = 100 * rows[0]["test_accuracy"]  # the ancestor: the region that matters
+        ax.set_ylim(max(100 * min(r["test_accuracy"] for r in rows) - 0.3, top - 3), top + 0.4)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("LeNet-5 on MNIST: accuracy against size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def floors(rows: list[dict], levels=(0.990, 0.985)) -> str:
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "ancestor"]
+    lines = []
+    for level in levels:
+        best = {}
+        for m in methods:
+            ok = [r for r in rows if r["method"] == m and r["test_accuracy"] >= level]
+            best[m] = {k: max((r[k] for r in ok), default=None)
+                       for k in ("synaptic_efficiency", "cluster_efficiency", "speedup")}
+        lines += [f"\n#### test accuracy >= {level:.1%}", "",
+                  "| method | synaptic eff. | cluster eff. | measured speed-up |",
+                  "|---|---:|---:|---:|"]
+        for m, b in best.items():
+            cells = [f"{b[k]:.2f}x" if b[k] else "none"
+                     for k in ("synaptic_efficiency", "cluster_efficiency", "speedup")]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        ours = best.get("evosynth cluster", {})
+        for k in ("synaptic_efficiency", "cluster_efficiency", "speedup"):
+            peers = [b[k] for m, b in best.items() if not m.startswith("evosynth") and b[k]]
+            if ours.get(k) and peers:
+                lines.append(f"- evosynth cluster / best peer, {k}: {ours[k] / max(peers):.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "lenet5_mnist.yaml"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "compare"))
+    ap.add_argument("--quick", action="store_true", help="digits, 2 steps of 1 epoch")
+    args = ap.parse_args()
+    out = Path(args.out)
+    over = {"data_dir": args.data_dir}
+    if args.quick:
+        over = {"dataset": "digits", "evolution.generations": 2, "train.epochs": 1,
+                "ancestor_train.epochs": 2}
+    t_start = time.perf_counter()
+    cfg = load_config(args.config, {**over, "evolution.generations": 0})
+    anc_run = evosynth.run(cfg, out / "ancestor", force=True, progress=False,
+                           log=lambda s: None)
+    weights = out / "ancestor" / "generations" / "0" / "weights.safetensors"
+    cfg = load_config(args.config, over)
+    steps = cfg.evolution.generations
+    model, data = evosynth.api._from_config(cfg)
+    model.load_state_dict(anc_run.best_model.state_dict())
+    bench = Bench(data, model, cfg, torch.device("cpu"), repeats=3 if args.quick else 30)
+    bench.measure("ancestor", 0, copy.deepcopy(model), anc_run.history[0]["wall_seconds"])
+    print(f"machine: {machine()}\nbudget: {steps} steps x {cfg.train.epochs} epochs per method")
+    evolutionary(bench, Path(args.config), "cluster", weights, out, over)
+    evolutionary(bench, Path(args.config), "synaptic", weights, out, over)
+    keep = 0.7  # IMP removes 30% of what lives per step: 0.7^16 ~ 300x after 16 steps
+    unstructured(bench, steps, keep, "magnitude (torch prune)", random=False)
+    structured(bench, steps, ratio=0.9 if not args.quick else 0.3)
+    unstructured(bench, steps, keep, "random (control)", random=True)
+    total = time.perf_counter() - t_start
+    table = markdown_table(bench.rows, COLUMNS)
+    text = (f"machine: {machine()}\ndate: {time.strftime('%Y-%m-%d')}\n"
+            f"total wall time: {total / 60:.1f} min\n\n{table}\n{floors(bench.rows)}\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(text)
+    (out / "compare.json").write_text(json.dumps(bench.rows, indent=1))
+    plot(bench.rows, out / "compare.png")
+    print("\n" + text + f"\nwrote {out / 'compare.md'} and {out / 'compare.png'}")
+
+
+if __name__ == "__main__":
+    main()
