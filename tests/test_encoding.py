@@ -7,6 +7,7 @@ from torch import nn
 from evosynth.clusters import cluster_view, prunable_layers
 from evosynth.config import EncodingConfig, validate
 from evosynth.encoding import make_encoding, survival_probability
+from evosynth.errors import UserError
 from evosynth.evolution import generator
 from evosynth.models.lenet import LeNet5
 
@@ -114,11 +115,18 @@ def test_budget_factor_sets_the_shrink_rate_per_layer():
 
 def test_schedule_and_layer_patterns_resolve():
     _, _, enc = lenet_and_encoding(cluster_factor=[0.9, 0.8, 0.7], synapse_factor=0.6,
-                                   layers={"fc*": {"synapse": [0.5, 0.4]}})
+                                   layers={"fc*": {"synapse": [0.5, 0.4]},
+                                           "conv2": {"cluster": {1: 0.85, 4: 1.0}}})
     assert enc.factors("conv1", 1) == (0.6, 0.9)
     assert enc.factors("conv1", 3) == (0.6, 0.7)
     assert enc.factors("conv1", 9) == (0.6, 0.7)
     assert enc.factors("fc1", 2) == (0.4, 0.8)
+    assert [enc.factors("conv2", g)[1] for g in (1, 3, 4, 20)] == [0.85, 0.85, 1.0, 1.0]
+
+
+def test_phase_schedule_must_start_at_generation_1():
+    with pytest.raises(UserError, match="start at generation 1"):
+        validate({"encoding": {"cluster_factor": {3: 0.5}}})
 
 
 def test_output_neurons_never_die_by_default():

@@ -12,13 +12,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .errors import UserError
 
 Factor = Annotated[float, Field(gt=0, le=1)]
-# A factor is one value, or a schedule over generations 1, 2, ... whose last value repeats.
-FactorSpec = Factor | Annotated[list[Factor], Field(min_length=1)]
+
+
+def _starts_at_1(phases: dict[int, float]) -> dict[int, float]:
+    if min(phases, default=0) != 1:
+        raise ValueError("a phase schedule must start at generation 1")
+    return phases
+
+
+# A factor is one value; a list, one value per generation 1, 2, ... whose last repeats; or
+# phases {first generation: value}, e.g. {1: 0.85, 11: 1.0}.
+FactorSpec = (Factor | Annotated[list[Factor], Field(min_length=1)]
+              | Annotated[dict[int, Factor], AfterValidator(_starts_at_1)])
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 _STRICT = ConfigDict(extra="forbid")
@@ -140,12 +150,18 @@ class RunConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
+_WRONG_BRANCH = ("float_type", "list_type", "dict_type", "int_type", "dataclass_type")
+
+
 def _one_line(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
+    """The error that matters: a union (a factor may be a number, list or phases) reports
+    one error per branch, and the branch of the input's own type tells what is wrong."""
+    errs = exc.errors()
+    err = min(errs, key=lambda e: e["type"] in _WRONG_BRANCH) if len(errs) > 1 else errs[0]
     skip = ("function-", "list[", "constrained-")
     where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(skip))
-    # unions report one error per branch: the first branch's message is the useful one
-    return f"{source}: {where or 'config'}: {err['msg']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: {where or 'config'}: {msg}"
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -204,8 +220,10 @@ def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def factor_at(spec: float | list[float], generation: int) -> float:
-    """A factor's value in generation g >= 1 (schedules repeat their last value)."""
+def factor_at(spec: float | list[float] | dict[int, float], generation: int) -> float:
+    """A factor's value in generation g >= 1."""
     if isinstance(spec, list):
         return float(spec[min(generation, len(spec)) - 1])
+    if isinstance(spec, dict):
+        return float(spec[max(k for k in spec if k <= generation)])
     return float(spec)
