@@ -72,51 +72,53 @@ def _constant_of(x: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor | None:
     return sel[:, 0]
 
 
-def _fold(layer: nn.Module, idxs: torch.Tensor, const: torch.Tensor) -> bool:
-    """Add what constant inputs ``idxs`` contribute to ``layer``'s bias. A padded conv sees
-    the constant only away from the border, which no bias can express: refuse."""
+def _fold_delta(layer: nn.Module, idxs: torch.Tensor, const: torch.Tensor
+                ) -> torch.Tensor | None:
+    """What constant inputs ``idxs`` add to each of ``layer``'s outputs, or None where no
+    bias can express it: a zero-padded conv sees the constant only away from the border."""
     if not bool(const.abs().gt(0).any()):
-        return True
+        return torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype)
     if isinstance(layer, nn.Linear):
-        delta = layer.weight[:, idxs] @ const
-    else:
-        if any(p != 0 for p in layer.padding) if isinstance(layer.padding, tuple) else \
-                layer.padding != 0:
-            return False
-        w = layer.weight[:, idxs]
-        delta = (w.reshape(w.shape[0], len(idxs), -1).sum(-1) * const).sum(1)
+        return layer.weight[:, idxs] @ const
+    padding = layer.padding if isinstance(layer.padding, tuple) else (layer.padding,)
+    if layer.padding == "same" or any(p != 0 for p in padding):
+        return None
+    w = layer.weight[:, idxs]
+    return (w.reshape(w.shape[0], len(idxs), -1).sum(-1) * const).sum(1)
+
+
+def _add_bias(layer: nn.Module, delta: torch.Tensor) -> None:
     with torch.no_grad():
         if layer.bias is None:
-            layer.bias = nn.Parameter(torch.zeros(layer.out_channels if hasattr(
-                layer, "out_channels") else layer.out_features, dtype=layer.weight.dtype,
-                device=layer.weight.device))
+            layer.bias = nn.Parameter(torch.zeros_like(delta))
         layer.bias += delta
-    return True
 
 
 def _removable(coupling: Coupling, group: ChannelGroup, masks, inputs, modules) -> torch.Tensor:
-    """Boolean over the group's channels: which can leave the network, folding as needed."""
+    """Boolean over the group's channels: which can leave the network. A removed channel
+    that is dead but still read feeds a constant, folded here into its readers' biases."""
     consumers = group.by_role("in")
     if not consumers:
         return torch.zeros(group.channels, dtype=torch.bool)  # the network's outputs
     dead = ~coupling.channel_alive(group, masks)
     unread = ~coupling.channel_read(group, masks)
     remove = dead | unread
+    if bool(remove.all()):  # a layer with no channel left: keep one so shapes stay valid
+        remove[0] = False
     folds = []
     for m in consumers:
-        sel = dead[m.root] & ~unread[m.root]  # dead producer, but still read: constant input
+        sel = (remove & ~unread)[m.root]  # removed, yet read: its constant must be folded
         if not bool(sel.any()):
             continue
         idxs = m.idxs[sel]
         const = _constant_of(inputs[m.module], idxs)
-        if const is None:
-            return torch.zeros(group.channels, dtype=torch.bool)
-        folds.append((modules[m.module], idxs, const))
-    for layer, idxs, const in folds:
-        if not _fold(layer, idxs, const):
-            return unread  # keep the constant channels; still drop what nobody reads
-    if bool(remove.all()):  # a layer with no channel left: keep one so shapes stay valid
-        remove[0] = False
+        delta = None if const is None else _fold_delta(modules[m.module], idxs, const)
+        if delta is None:  # keep the constant channels; still drop what nobody reads
+            return unread & remove
+        if bool(delta.abs().gt(0).any()):
+            folds.append((modules[m.module], delta))
+    for layer, delta in folds:
+        _add_bias(layer, delta)
     return remove
 
 

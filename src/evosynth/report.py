@@ -13,6 +13,8 @@ COLUMNS = (
     ("kernels", "kernel_clusters", "{:,}"),
     ("clu eff", "cluster_efficiency", "{:.2f}x"),
     ("filters", "filters", "{:,}"),
+    ("MACs", "compact_macs", "{:,}"),
+    ("ms", "latency_ms", "{:.2f}"),
     ("wall s", "wall_seconds", "{:.1f}"),
 )
 
@@ -32,7 +34,9 @@ def markdown_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
 
 
 def history_table(history: list[dict[str, Any]], summary: dict[str, Any] | None) -> str:
-    lines = [markdown_table(history)]
+    """The per-generation table of ``evosynth show``; cost columns only when recorded."""
+    cols = [c for c in COLUMNS if any(c[1] in r for r in history)]
+    lines = [markdown_table(history, cols)]
     if summary:
         floor = summary.get("floor")
         floor_s = f"{floor:.2%}" if floor is not None else "none"
