@@ -142,7 +142,9 @@ class RunConfig:
     seed: int = field(default=0, metadata={"help": "every random draw derives from it"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     ancestor_weights: str | None = field(default=None, metadata={
-        "help": "safetensors state dict of a trained ancestor: skip ancestor training"})
+        "help": "safetensors state dict of a trained ancestor: skip ancestor training. "
+                "Train it on this run's training split (same seed and val_fraction), or "
+                "validation accuracy, and so selection and the floor, will be optimistic"})
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     ancestor_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
