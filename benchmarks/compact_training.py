@@ -24,12 +24,16 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "lenet5_mnist.yaml"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-compact-training"))
     ap.add_argument("--generations", type=int, default=10)
+    ap.add_argument("--ancestor-weights", default=None,
+                    help="a trained ancestor (safetensors) to start from instead of training one")
     args = ap.parse_args()
     out = Path(args.out)
     base = {"data_dir": args.data_dir, "measure.costs": False}
-    anc = load_config(args.config, {**base, "evolution.generations": 0})
-    evosynth.run(anc, out / "ancestor", force=True, progress=False, log=lambda s: None)
-    weights = str(out / "ancestor" / "generations" / "0" / "weights.safetensors")
+    weights = args.ancestor_weights
+    if weights is None:
+        anc = load_config(args.config, {**base, "evolution.generations": 0})
+        evosynth.run(anc, out / "ancestor", force=True, progress=False, log=lambda s: None)
+        weights = str(out / "ancestor" / "generations" / "0" / "weights.safetensors")
     hist = {}
     for flag in (False, True):
         cfg = load_config(args.config, {**base, "ancestor_weights": weights,

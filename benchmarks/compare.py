@@ -191,6 +191,9 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "lenet5_mnist.yaml"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "compare"))
     ap.add_argument("--quick", action="store_true", help="digits, 2 steps of 1 epoch")
+    ap.add_argument("--ancestor-weights", default=None,
+                    help="a trained ancestor (safetensors, trained on the same split) "
+                         "instead of training one here")
     args = ap.parse_args()
     out = Path(args.out)
     over = {"data_dir": args.data_dir}
@@ -198,7 +201,8 @@ def main() -> None:
         over = {"dataset": "digits", "evolution.generations": 2, "train.epochs": 1,
                 "ancestor_train.epochs": 2}
     t_start = time.perf_counter()
-    cfg = load_config(args.config, {**over, "evolution.generations": 0})
+    cfg = load_config(args.config, {**over, "evolution.generations": 0,
+                                    "ancestor_weights": args.ancestor_weights})
     anc_run = evosynth.run(cfg, out / "ancestor", force=True, progress=False,
                            log=lambda s: None)
     weights = out / "ancestor" / "generations" / "0" / "weights.safetensors"
