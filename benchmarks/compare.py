@@ -189,6 +189,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--config", default=str(ROOT / "configs" / "lenet5_mnist.yaml"))
+    ap.add_argument("--synaptic-config",
+                    default=str(ROOT / "configs" / "lenet5_mnist_synaptic.yaml"),
+                    help="the Darwin baseline's schedule (same shrink per layer)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "compare"))
     ap.add_argument("--quick", action="store_true", help="digits, 2 steps of 1 epoch")
     ap.add_argument("--ancestor-weights", default=None,
@@ -214,7 +217,7 @@ def main() -> None:
     bench.measure("ancestor", 0, copy.deepcopy(model), anc_run.history[0]["wall_seconds"])
     print(f"machine: {machine()}\nbudget: {steps} steps x {cfg.train.epochs} epochs per method")
     evolutionary(bench, Path(args.config), "cluster", weights, out, over)
-    evolutionary(bench, Path(args.config), "synaptic", weights, out, over)
+    evolutionary(bench, Path(args.synaptic_config), "synaptic", weights, out, over)
     keep = 0.7  # IMP removes 30% of what lives per step: 0.7^16 ~ 300x after 16 steps
     unstructured(bench, steps, keep, "magnitude (torch prune)", random=False)
     structured(bench, steps, ratio=0.9 if not args.quick else 0.3)
