@@ -24,6 +24,7 @@ from evosynth.compact import compact
 from evosynth.costs import count_macs, count_params, latency_ms, machine
 from evosynth.export import export_onnx
 from evosynth.report import markdown_table
+from evosynth.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,8 +110,7 @@ def main() -> None:
     small = compact(child, example, genome.masks, tuple(cfg.encoding.exclude))
     with torch.no_grad():
         exact = float((small.model(example) - child(example)).abs().max())
-    g = args.generation if args.generation is not None else \
-        json.loads((Path(args.run_dir) / "summary.json").read_text())["best_generation"]
+    g = args.generation if args.generation is not None else RunDir(args.run_dir).best_generation()
     print(f"machine: {machine()}")
     print(f"run {args.run_dir}: ancestor vs generation {g} "
           f"(test accuracy {hist[0]['test_accuracy']:.2%} -> {hist[g]['test_accuracy']:.2%}); "

@@ -107,8 +107,7 @@ def load_run(run_dir: str | Path, generation: int | None = None):
     model, data = _from_config(cfg)
     done = rd.complete_generations()
     if generation is None:
-        summary = rd.summary()
-        generation = summary["best_generation"] if summary else (done[-1] if done else 0)
+        generation = rd.best_generation()
     if generation not in done:
         raise UserError(f"{rd.path}: generation {generation} is not complete; "
                         f"complete: {done or 'none'}")

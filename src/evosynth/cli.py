@@ -94,7 +94,9 @@ def export(
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} does not exist")
     model, genome, cfg, example = load_run(run_dir, generation)
-    g = generation if generation is not None else _best(run_dir)
+    from .rundir import RunDir
+
+    g = generation if generation is not None else RunDir(run_dir).best_generation()
     small = compact(model, example, genome.masks, tuple(cfg.encoding.exclude)).model
     out = out or run_dir / f"compact-gen{g}.{'onnx' if format == 'onnx' else 'safetensors'}"
     if format == "onnx":
@@ -105,13 +107,6 @@ def export(
                 "input_shape": list(example.shape[1:]), "source": str(run_dir)}
         export_safetensors(small, out, meta)
         typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
-
-
-def _best(run_dir: Path) -> int:
-    from .rundir import RunDir
-
-    summary = RunDir(run_dir).summary()
-    return summary["best_generation"] if summary else 0
 
 
 def _show(run_dir: Path) -> None:

@@ -115,6 +115,14 @@ class RunDir:
         p = self.path / "summary.json"
         return json.loads(p.read_text()) if p.is_file() else None
 
+    def best_generation(self) -> int:
+        """The summary's best generation, else the last complete one."""
+        summary = self.summary()
+        if summary:
+            return summary["best_generation"]
+        done = self.complete_generations()
+        return done[-1] if done else 0
+
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         save_safetensors(tensors, self.path / name)
 

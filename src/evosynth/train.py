@@ -45,8 +45,8 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
     """
     model.to(device).train()
     params = dict(model.named_parameters())
-    masks = [(params[n], m.to(device=device, dtype=params[n].dtype))
-             for n, m in param_masks.items()]
+    masked = [params[n] for n in param_masks]
+    masks = [m.to(device=device, dtype=params[n].dtype) for n, m in param_masks.items()]
     opt = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -63,14 +63,14 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
             loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            for p, m in masks:
-                if p.grad is not None:
-                    p.grad.mul_(m)
+            if masks:
+                torch._foreach_mul_([p.grad if p.grad is not None else torch.zeros_like(p)
+                                     for p in masked], masks)
             opt.step()
             sched.step()
-            with torch.no_grad():
-                for p, m in masks:
-                    p.mul_(m)
+            if masks:
+                with torch.no_grad():
+                    torch._foreach_mul_(masked, masks)
             loss_sum += loss.detach()
         loss_sum = float(loss_sum) / steps_per_epoch
     return float(loss_sum)
