@@ -9,27 +9,17 @@ Both encodings start from the same trained ancestor and get the same epochs per 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import evosynth
 from evosynth.config import load_config
 from evosynth.costs import machine
-from evosynth.report import markdown_table
+from evosynth.report import columns, markdown_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = (
-    ("gen", "generation", "{}"),
-    ("test %", "test_accuracy", "{:.2%}"),
-    ("val %", "val_accuracy", "{:.2%}"),
-    ("synapses", "synapses", "{:,}"),
-    ("kernels", "kernel_clusters", "{:,}"),
-    ("filters/neurons", "filters", "{:,}"),
-    ("syn eff", "synaptic_efficiency", "{:.1f}x"),
-    ("clu eff", "cluster_efficiency", "{:.2f}x"),
-    ("wall s", "wall_seconds", "{:.1f}"),
-)
+COLUMNS = columns("generation", "test_accuracy", "val_accuracy", "synapses", "kernel_clusters",
+                  "filters", "synaptic_efficiency", "cluster_efficiency", "wall_seconds")
 
 
 def best_at(history, floor: float, key: str):
@@ -85,12 +75,7 @@ def main() -> None:
                   f"- {name}: best synaptic efficiency at >= 98.5%: {fb}"]
     text = "\n".join(lines)
     print("\n" + text)
-    (out / "results.md").write_text(text + "\n")
-    (out / "results.json").write_text(json.dumps(
-        {"machine": machine(), "total_seconds": total,
-         "history": {k: [{kk: vv for kk, vv in r.items() if kk != "layers"} for r in v]
-                     for k, v in results.items()}}, indent=1))
-
+    write_results(out, text, results, total, machine())
 
 if __name__ == "__main__":
     main()

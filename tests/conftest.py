@@ -36,3 +36,42 @@ def write_fake_mnist(folder: Path, n_train: int = 300, n_test: int = 100, compre
 @pytest.fixture
 def fake_mnist(tmp_path) -> Path:
     return write_fake_mnist(tmp_path / "mnist")
+
+
+def write_fake_cifar(folder: Path, per_batch: int = 40, n_test: int = 60, tarball: bool = False,
+                     seed: int = 0) -> Path:
+    """Files in the official CIFAR-10 binary layout (label byte + 3072 pixel bytes) whose
+    classes are learnable: class k paints a block in one colour plane."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(seed)
+    files = {}
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    for name in names:
+        n = n_test if name == "test_batch.bin" else per_batch
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = (rng.random((n, 3, 32, 32)) * 80).astype(np.uint8)
+        for i, k in enumerate(y):
+            r, c = divmod(int(k), 5)
+            x[i, int(k) % 3, 4 + 12 * r: 14 + 12 * r, 1 + 6 * c: 6 + 6 * c] = 255
+        files[name] = np.concatenate([y[:, None], x.reshape(n, -1)], axis=1).tobytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    if not tarball:
+        sub = folder / "cifar-10-batches-bin"
+        sub.mkdir(exist_ok=True)
+        for name, blob in files.items():
+            (sub / name).write_bytes(blob)
+        return folder
+    path = folder / "cifar-10-binary.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+@pytest.fixture
+def fake_cifar(tmp_path) -> Path:
+    return write_fake_cifar(tmp_path / "cifar")

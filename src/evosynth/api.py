@@ -74,7 +74,7 @@ def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = 
 def _from_config(cfg: RunConfig) -> tuple[nn.Module, Splits]:
     """A config builds its data (seeded split) and its model (seeded initialization)."""
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.evolution.val_fraction,
-                        generator(cfg.seed, "split"))
+                        generator(cfg.seed, "split"), cfg.data)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "model-init"))
         model = build_model(cfg.model, data.num_classes, data.input_shape, cfg.model_args)

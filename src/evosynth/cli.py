@@ -1,4 +1,5 @@
-"""The ``evosynth`` command: evolve, resume, show. User mistakes exit 2 with one line."""
+"""The ``evosynth`` command: evolve, resume, show, export, scenes. User mistakes exit 2 with
+one line."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ Encoding = typer.Option(help="cluster (cluster-driven) or synaptic (Darwin basel
 @app.command()
 def evolve(
     out: Annotated[Path, typer.Option("--out", help="run directory to create")],
-    model: Annotated[str | None, typer.Option(help="registry model (lenet5, lenet300)")] = None,
-    dataset: Annotated[str | None, typer.Option(help="mnist or digits")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="registry model: lenet5, lenet300, resnet56, alexnet-cifar, detectnet, "
+             "detectnet-small")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="mnist, digits, cifar10 or kitti")] = None,
     data_dir: Annotated[str | None, typer.Option(help="folder with the data files")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config; flags override it")] = None,
     generations: Annotated[int | None, typer.Option(help="generations after the ancestor")] = None,
@@ -107,6 +111,37 @@ def export(
                 "input_shape": list(example.shape[1:]), "source": str(run_dir)}
         export_safetensors(small, out, meta)
         typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+@app.command()
+def scenes(
+    out: Annotated[Path, typer.Argument(help="folder to write training/ and testing/ into")],
+    mnist_dir: Annotated[str | None, typer.Option(help="MNIST IDX files")] = None,
+    train: Annotated[int, typer.Option(help="training scenes")] = 2000,
+    test: Annotated[int, typer.Option(help="test scenes")] = 500,
+    digits: Annotated[str, typer.Option(help="digits to detect, comma-separated; the "
+                                                "others appear as DontCare")] = "0,1,2",
+    size: Annotated[int, typer.Option(help="canvas side in pixels")] = 128,
+    seed: Annotated[int, typer.Option(help="seed of every draw")] = 0,
+) -> None:
+    """Write detection scenes of real MNIST digits in the KITTI object format."""
+    from .data.mnist import load_mnist_arrays
+    from .data.scenes import NAMES, write_scenes
+
+    try:
+        wanted = tuple(int(d) for d in digits.split(","))
+    except ValueError:
+        raise UserError(f"--digits {digits!r}: expected digits separated by commas") from None
+    if not wanted or not all(0 <= d <= 9 for d in wanted):
+        raise UserError(f"--digits {digits!r}: digits are 0-9")
+    if (out / "training").exists() or (out / "testing").exists():
+        raise UserError(f"{out} already holds scenes; choose another folder")
+    for split, prefix, n, s in (("training", "train", train, seed),
+                                ("testing", "t10k", test, seed + 1)):
+        images, labels = load_mnist_arrays(mnist_dir, prefix)
+        write_scenes(out, images, labels, n, split=split, size=size, digits=wanted, seed=s)
+    typer.echo(f"wrote {train} training and {test} test scenes to {out}; classes: "
+               + ", ".join(NAMES[d] for d in wanted))
 
 
 def _show(run_dir: Path) -> None:

@@ -30,6 +30,9 @@ def _starts_at_1(phases: dict[int, float]) -> dict[int, float]:
 FactorSpec = (Factor | Annotated[list[Factor], Field(min_length=1)]
               | Annotated[dict[int, Factor], AfterValidator(_starts_at_1)])
 Fraction = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=1)]
+# Offspring per generation: one number, or phases {first generation: count}.
+CountSpec = Count | Annotated[dict[int, Count], AfterValidator(_starts_at_1)]
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -100,8 +103,9 @@ class EvolutionConfig:
     __pydantic_config__ = _STRICT
     generations: Annotated[int, Field(ge=0)] = field(default=10, metadata={
         "help": "generations after the ancestor"})
-    offspring: Annotated[int, Field(ge=1)] = field(default=1, metadata={
-        "help": "offspring sampled and trained per generation; best validation wins"})
+    offspring: CountSpec = field(default=1, metadata={
+        "help": "offspring sampled and trained per generation (or phases, e.g. {1: 3, 11: 1}); "
+                "best validation wins"})
     weights: Literal["inherit", "scratch", "rewind"] = field(default="inherit", metadata={
         "help": "offspring weights: parent's, re-initialized, or the ancestor's initial"})
     min_accuracy: Fraction | None = field(default=None, metadata={
@@ -114,6 +118,30 @@ class EvolutionConfig:
     compact_training: bool = field(default=True, metadata={
         "help": "train each offspring as its physically compacted network (dead filters "
                 "and channels removed), then write the weights back: same result, cheaper"})
+
+
+@dataclass
+class DataConfig:
+    """How the data set is presented to the model."""
+
+    __pydantic_config__ = _STRICT
+    size: (Annotated[int, Field(ge=1)] | Annotated[list[Annotated[int, Field(ge=16)]],
+                                                  Field(min_length=2, max_length=2)]
+           | None) = field(default=None, metadata={
+        "help": "resize images to size x size (bilinear), e.g. 32 for MNIST on CIFAR nets; "
+                "detection: [height, width], multiples of the detector's stride"})
+    channels: Annotated[int, Field(ge=1)] | None = field(default=None, metadata={
+        "help": "repeat 1-channel images to this many channels (3: grey digits as RGB)"})
+    train_limit: Annotated[int, Field(ge=2)] | None = field(default=None, metadata={
+        "help": "use only the first N training examples (before the validation split)"})
+    test_limit: Annotated[int, Field(ge=1)] | None = field(default=None, metadata={
+        "help": "use only the first N test examples"})
+    classes: list[str] | None = field(default=None, metadata={
+        "help": "detection: the object classes to detect (kitti: Car, Pedestrian, Cyclist)"})
+    augment: Literal["auto", "none", "crop-flip", "shift"] = field(default="auto", metadata={
+        "help": "training augmentation; auto: the data set's standard (cifar10: crop-flip, "
+                "others none); crop-flip: 4-pixel padded random crops and horizontal flips; "
+                "shift: translations of up to 2 pixels, no flips (digits)"})
 
 
 @dataclass
@@ -139,6 +167,7 @@ class RunConfig:
         "help": "keyword arguments for the model factory"})
     dataset: str = field(default="mnist", metadata={"help": "registry name"})
     data_dir: str | None = field(default=None, metadata={"help": "where the data lies"})
+    data: DataConfig = field(default_factory=DataConfig)
     seed: int = field(default=0, metadata={"help": "every random draw derives from it"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     ancestor_weights: str | None = field(default=None, metadata={
@@ -222,10 +251,15 @@ def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def factor_at(spec: float | list[float] | dict[int, float], generation: int) -> float:
-    """A factor's value in generation g >= 1."""
+def schedule_at(spec, generation: int):
+    """A scheduled setting's value in generation g >= 1: a number, a list whose last value
+    repeats, or phases ``{first generation: value}``."""
     if isinstance(spec, list):
-        return float(spec[min(generation, len(spec)) - 1])
+        return spec[min(generation, len(spec)) - 1]
     if isinstance(spec, dict):
-        return float(spec[max(k for k in spec if k <= generation)])
-    return float(spec)
+        return spec[max(k for k in spec if k <= generation)]
+    return spec
+
+
+def factor_at(spec: float | list[float] | dict[int, float], generation: int) -> float:
+    return float(schedule_at(spec, generation))

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .clusters import Layer, cluster_view, matches, resolve_output_layer
+from .clusters import Layer, cluster_view, live_filters, matches, resolve_output_layer
 from .config import EncodingConfig, factor_at
+from .graph import ChannelGroup
 
 _BISECT_STEPS = 100
 
@@ -59,10 +60,13 @@ class LayerProbabilities:
 class Encoding:
     """The synaptic (Darwin) encoding; subclasses add a cluster draw."""
 
-    def __init__(self, cfg: EncodingConfig, layers: dict[str, Layer]):
+    def __init__(self, cfg: EncodingConfig, layers: dict[str, Layer],
+                 ties: list[ChannelGroup] = ()):
         self.cfg = cfg
         self.layers = layers
         self.output_layer = resolve_output_layer(layers, cfg.output_layer)
+        self.ties = list(ties)  # channels written by several layers (residual additions)
+        self._order = {name: i for i, name in enumerate(layers)}
 
     def factors(self, name: str, generation: int) -> tuple[float, float]:
         """(F_s, F_c) of a layer in a generation: the first matching layer pattern, else the
@@ -103,22 +107,32 @@ class Encoding:
                generation: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Draw an offspring's masks. Draws happen on the CPU in a fixed layer order, so the
         same generator state gives the same offspring on any device."""
-        out = {}
+        children, drawn = {}, {}
         for name in self.layers:
-            w, parent = weights[name], masks[name].cpu()
-            probs = self.probabilities(name, w, parent, generation)
-            child = parent & (torch.rand(parent.shape, generator=generator,
-                                         dtype=torch.float64) < probs.synapse)
+            parent = masks[name].cpu()
+            probs = self.probabilities(name, weights[name], parent, generation)
+            children[name] = parent & (torch.rand(parent.shape, generator=generator,
+                                                  dtype=torch.float64) < probs.synapse)
             if probs.cluster is not None:
-                layer = self.layers[name]
-                drawn = torch.rand(probs.cluster.shape, generator=generator,
-                                   dtype=torch.float64) < probs.cluster
-                view = cluster_view(child, layer, self.cfg.granularity)
-                view &= drawn.unsqueeze(1)
+                drawn[name] = torch.rand(probs.cluster.shape, generator=generator,
+                                         dtype=torch.float64) < probs.cluster
+        tied = self.draw_tied(weights, masks, generation, generator, drawn)
+        out = {}
+        for name, child in children.items():
+            if name in drawn:
+                cluster_view(child, self.layers[name], self.cfg.granularity)[~drawn[name]] = False
             if self.is_protected(name):
-                child = _keep_every_neuron(child, parent, w)
+                child = _keep_synapse(child, masks[name].cpu(), weights[name])
+            elif name in tied:
+                child = _keep_synapse(child, masks[name].cpu(), weights[name], tied[name])
             out[name] = child.to(masks[name].device)
         return out
+
+    def draw_tied(self, weights, masks, generation, generator, drawn
+                  ) -> dict[str, torch.Tensor]:
+        """Overwrite ``drawn`` for filters tied across layers; return, per layer, the
+        filters that must keep a synapse. The synaptic encoding draws no clusters."""
+        return {}
 
 
 class ClusterEncoding(Encoding):
@@ -133,16 +147,54 @@ class ClusterEncoding(Encoding):
         p[live] = survival_probability(strength[live], factor, self.cfg.normalization)
         return p
 
+    def draw_tied(self, weights, masks, generation, generator, drawn):
+        """At filter granularity a channel that a residual addition ties across layers is
+        one cluster: its strength is pooled over the layers that write it, it is drawn
+        once, with the factor of its first writer, and it lives or dies in all of them."""
+        keep: dict[str, torch.Tensor] = {}
+        if self.cfg.granularity != "filter":
+            return keep
+        for group in self.ties:
+            writers = [m for m in group.by_role("out")
+                       if m.maskable and m.module in drawn and not self.is_protected(m.module)]
+            if len(writers) < 2:
+                continue
+            writers.sort(key=lambda m: self._order[m.module])
+            strength = torch.zeros(group.channels, dtype=torch.float64)
+            live = torch.zeros(group.channels, dtype=torch.bool)
+            for m in writers:
+                mask = masks[m.module].cpu()
+                w = (weights[m.module].detach().abs().cpu() * mask).to(torch.float64)
+                strength.index_add_(0, m.root, w.reshape(w.shape[0], -1).sum(1)[m.idxs])
+                live[m.root] |= live_filters(mask)[m.idxs]
+            p = torch.zeros(group.channels, dtype=torch.float64)
+            p[live] = survival_probability(strength[live], self.factors(writers[0].module,
+                                                                        generation)[1],
+                                           self.cfg.normalization)
+            alive = torch.rand(group.channels, generator=generator, dtype=torch.float64) < p
+            for m in writers:
+                drawn[m.module][m.idxs] = alive[m.root]
+                rows = keep.setdefault(m.module, torch.zeros(len(drawn[m.module]),
+                                                             dtype=torch.bool))
+                rows[m.idxs] |= alive[m.root]
+        return keep
 
-def _keep_every_neuron(child: torch.Tensor, parent: torch.Tensor, weight: torch.Tensor
-                       ) -> torch.Tensor:
-    """An output neuron that lost every synapse gets its strongest parent synapse back."""
+
+def _keep_synapse(child: torch.Tensor, parent: torch.Tensor, weight: torch.Tensor,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+    """A filter (output neuron) among ``rows`` (default: all) that lost every synapse to the
+    synapse draw gets its strongest parent synapse back: an output class must not go
+    silent, and a tied channel the group keeps must stay alive in every layer writing it."""
     rows_c, rows_p = child.reshape(child.shape[0], -1), parent.reshape(parent.shape[0], -1)
     strength = weight.detach().abs().cpu().reshape(child.shape[0], -1).masked_fill(~rows_p, -1)
-    for o in torch.nonzero(~rows_c.any(dim=1) & rows_p.any(dim=1)).flatten().tolist():
+    lost = ~rows_c.any(dim=1) & rows_p.any(dim=1)
+    if rows is not None:
+        lost &= rows
+    for o in torch.nonzero(lost).flatten().tolist():
         rows_c[o, int(strength[o].argmax())] = True
     return child
 
 
-def make_encoding(cfg: EncodingConfig, layers: dict[str, Layer]) -> Encoding:
-    return (ClusterEncoding if cfg.kind == "cluster" else Encoding)(cfg, layers)
+def make_encoding(cfg: EncodingConfig, layers: dict[str, Layer],
+                  ties: list[ChannelGroup] = ()) -> Encoding:
+    return (ClusterEncoding if cfg.kind == "cluster" else Encoding)(cfg, layers, ties)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .clusters import Layer, prunable_layers
 from .compact import compact
-from .config import RunConfig
+from .config import RunConfig, schedule_at
 from .costs import count_macs, count_params, latency_ms, size_bytes
 from .data import Splits
 from .encoding import make_encoding
@@ -28,7 +28,8 @@ from .errors import UserError
 from .genome import Genome, apply_param_masks
 from .graph import Coupling
 from .rundir import RunDir
-from .train import evaluate, train
+from .tasks import CLASSIFICATION
+from .train import train
 
 HISTORY_KEYS = ("generation", "val_accuracy", "test_accuracy", "synapses", "kernel_clusters",
                 "filters", "synaptic_efficiency", "cluster_efficiency", "wall_seconds")
@@ -87,14 +88,18 @@ class Evolution:
         self.log, self.progress = log, progress
         self.device = resolve_device(cfg.device)
         self.layers = prunable_layers(model, cfg.encoding.exclude)
-        self.encoding = make_encoding(cfg.encoding, self.layers)
         example = data.train.x[:2]
         self.coupling = (Coupling.build(copy.deepcopy(model).cpu().eval(), example.cpu(),
                                         self.layers)
                          if cfg.encoding.couple else Coupling([], self.layers))
+        self.encoding = make_encoding(cfg.encoding, self.layers, self.coupling.ties())
+        # residual-aware clusters: at filter granularity a tied channel is one cluster
+        self.tie = cfg.encoding.kind == "cluster" and cfg.encoding.granularity == "filter"
         self.protected = ({self.encoding.output_layer}
                           if cfg.encoding.protect_output and self.encoding.output_layer else set())
         self.history: list[dict[str, Any]] = []
+        self.task = data.task or CLASSIFICATION
+        self.val_key = f"val_{self.task.metric}"
 
     # -- one step of each kind --------------------------------------------------------------
     def _compact(self, model: nn.Module, genome: Genome):
@@ -111,12 +116,12 @@ class Evolution:
                 # dead channels carry exact zeros, so the compact network trains the same
                 # function with the same gradients on the live entries, only cheaper
                 train(c.model, self.data.train, train_cfg, c.compact_masks(pm), gen,
-                      self.device, desc, self.progress)
+                      self.device, desc, self.progress, self.task.loss)
                 c.expand_into(model)
             else:
                 train(model, self.data.train, train_cfg, pm, gen, self.device, desc,
-                      self.progress)
-        return evaluate(model, self.data.val, self.device)
+                      self.progress, self.task.loss)
+        return self.task.evaluate(model, self.data.val, self.device)
 
     def _costs(self, model: nn.Module, genome: Genome) -> dict[str, Any]:
         mc = self.cfg.measure
@@ -130,15 +135,28 @@ class Evolution:
                 "latency_ms": latency_ms(small, x, mc.latency_repeats),
                 "latency_batch": len(x)}
 
-    def _record(self, g: int, model: nn.Module, genome: Genome, val: float,
-                offspring_val: list[float], seconds: float) -> dict[str, Any]:
+    def _tied(self, genome: Genome) -> dict[str, int]:
+        """Channels of the residual streams (written by several layers) still alive."""
+        if not self.coupling.ties():
+            return {}
+        alive, total = self.coupling.tied_channels(genome.masks)
+        return {"coupled_channels": alive, "dense_coupled_channels": total}
+
+    def _record(self, g: int, model: nn.Module, genome: Genome,
+                val: tuple[float, dict[str, Any]], offspring_val: list[float], seconds: float
+                ) -> dict[str, Any]:
         stats = genome.stats(self.cfg.encoding.granularity)
         anc = self.history[0] if self.history else stats
-        test = evaluate(model, self.data.test, self.device) if self.data.test else None
+        test = (self.task.evaluate(model, self.data.test, self.device) if self.data.test
+                else (None, {}))
+        metric = self.task.metric
         rec = {
             "generation": g,
-            "val_accuracy": val,
-            "test_accuracy": test,
+            "metric": metric,
+            f"val_{metric}": val[0],
+            f"test_{metric}": test[0],
+            **{f"val_{k}": v for k, v in val[1].items()},
+            **{f"test_{k}": v for k, v in test[1].items()},
             "synapses": stats["synapses"],
             "dense_synapses": stats["dense_synapses"],
             "kernel_clusters": stats["kernel_clusters"],
@@ -150,9 +168,10 @@ class Evolution:
             "synaptic_efficiency": anc["synapses"] / max(1, stats["synapses"]),
             "cluster_efficiency": anc["kernel_clusters"] / max(1, stats["kernel_clusters"]),
             "filter_efficiency": anc["filters"] / max(1, stats["filters"]),
+            **self._tied(genome),
             **self._costs(model, genome),
-            "meets_floor": val >= self.floor(val if g == 0 else None),
-            "offspring_val_accuracy": offspring_val,
+            "meets_floor": val[0] >= self.floor(val[0] if g == 0 else None),
+            f"offspring_val_{metric}": offspring_val,
             "wall_seconds": seconds,
             "layers": stats["layers"],
         }
@@ -165,7 +184,7 @@ class Evolution:
 
     def floor(self, ancestor_val: float | None = None) -> float:
         ev = self.cfg.evolution
-        anc = ancestor_val if ancestor_val is not None else self.history[0]["val_accuracy"]
+        anc = ancestor_val if ancestor_val is not None else self.history[0][self.val_key]
         floor = -math.inf
         if ev.min_accuracy is not None:
             floor = max(floor, ev.min_accuracy)
@@ -175,7 +194,7 @@ class Evolution:
 
     def summary(self) -> dict[str, Any]:
         meeting = [r for r in self.history if r["meets_floor"]] or self.history[:1]
-        best = min(meeting, key=lambda r: (r["synapses"], -r["val_accuracy"]))
+        best = min(meeting, key=lambda r: (r["synapses"], -r[self.val_key]))
         last = self.history[-1]
         stopped = ("floor" if not last["meets_floor"] and last["generation"] > 0
                    else "generations" if last["generation"] >= self.cfg.evolution.generations
@@ -187,6 +206,7 @@ class Evolution:
             "granularity": self.cfg.encoding.granularity,
             "encoding": self.cfg.encoding.kind,
             "generations_done": last["generation"],
+            "metric": self.task.metric,
             "stopped": stopped,
             "best": {k: v for k, v in best.items() if k != "layers"},
         }
@@ -208,7 +228,7 @@ class Evolution:
         val = self._train(self.model, genome, train_cfg, generator(self.cfg.seed, "ancestor"),
                           "ancestor")
         self.genome = genome
-        self._record(0, self.model, genome, val, [val], time.perf_counter() - t0)
+        self._record(0, self.model, genome, val, [val[0]], time.perf_counter() - t0)
 
     def restore(self) -> None:
         """Load the last complete generation as the parent (``evosynth resume``)."""
@@ -237,10 +257,11 @@ class Evolution:
                 if ev.weights == "rewind" else None)
         best = None
         vals = []
-        for k in range(ev.offspring):
+        n_offspring = int(schedule_at(ev.offspring, g))
+        for k in range(n_offspring):
             masks = self.encoding.sample(parent_w, self.genome.masks, g,
                                          generator(seed, "sample", g, k))
-            masks = self.coupling.propagate(masks, self.protected)
+            masks = self.coupling.propagate(masks, self.protected, tie=self.tie)
             child = copy.deepcopy(self.model)
             if ev.weights == "scratch":
                 reinitialize(child, self.layers, generator(seed, "scratch", g, k))
@@ -248,10 +269,10 @@ class Evolution:
                 child.load_state_dict(init)
             genome = Genome(self.layers, masks)
             val = self._train(child, genome, self.cfg.train, generator(seed, "train", g, k),
-                              f"gen {g}" + (f".{k}" if ev.offspring > 1 else ""))
-            vals.append(val)
+                              f"gen {g}" + (f".{k}" if n_offspring > 1 else ""))
+            vals.append(val[0])
             syn = genome.stats("filter")["synapses"]
-            if best is None or (val, -syn) > (best[0], -best[1]):
+            if best is None or (val[0], -syn) > (best[0][0], -best[1]):
                 best = (val, syn, child, genome)
         val, _, child, genome = best
         self.model, self.genome = child, genome
@@ -270,9 +291,13 @@ class Evolution:
 
 
 def format_record(r: dict[str, Any]) -> str:
-    test = f"{100 * r['test_accuracy']:.2f}%" if r["test_accuracy"] is not None else "n/a"
+    metric = r.get("metric", "accuracy")
+    name = "mAP " if metric == "map" else ""
+    test = r[f"test_{metric}"]
+    test = f"{100 * test:.2f}%" if test is not None else "n/a"
     flag = "" if r["meets_floor"] else "  (below floor)"
-    return (f"gen {r['generation']:>3} | val {100 * r['val_accuracy']:.2f}% test {test} | "
+    return (f"gen {r['generation']:>3} | val {name}{100 * r[f'val_{metric}']:.2f}% "
+            f"test {name}{test} | "
             f"synapses {r['synapses']:,} ({r['synaptic_efficiency']:.1f}x) | "
             f"kernels {r['kernel_clusters']:,} ({r['cluster_efficiency']:.2f}x) | "
             f"filters {r['filters']:,} | {r['wall_seconds']:.1f}s{flag}")

@@ -25,6 +25,7 @@ class Member:
     idxs: torch.Tensor  # indices in that module's own channel axis
     root: torch.Tensor  # the group channel each index belongs to
     maskable: bool  # a masked prunable layer whose column ``idxs`` we may zero
+    producer: str | None = None  # aux only: the layer whose output it normalizes, if direct
 
 
 @dataclass
@@ -35,6 +36,12 @@ class ChannelGroup:
 
     def by_role(self, role: str) -> list[Member]:
         return [m for m in self.members if m.role == role]
+
+    @property
+    def tied(self) -> bool:
+        """Several prunable layers write the same channels (a residual addition): the
+        channel is one unit of the architecture, alive while any of them writes it."""
+        return sum(m.maskable for m in self.by_role("out")) > 1
 
 
 class Coupling:
@@ -75,9 +82,20 @@ class Coupling:
                     continue
                 maskable = name in layers and getattr(module, "groups", 1) == 1
                 group.members.append(Member(name, role, torch.tensor(item.idxs),
-                                            torch.tensor(item.root_idxs), maskable))
+                                            torch.tensor(item.root_idxs), maskable,
+                                            _direct_producer(dg, module, names, layers)
+                                            if role == "aux" else None))
             groups.append(group)
         return cls(groups, layers, dg)
+
+    def ties(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.tied]
+
+    def tied_channels(self, masks: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """(alive, total) channels of the tied groups: the residual streams' width."""
+        ties = self.ties()
+        alive = sum(int(self.channel_alive(g, masks).sum()) for g in ties)
+        return alive, sum(g.channels for g in ties)
 
     def channel_alive(self, group: ChannelGroup, masks: dict[str, torch.Tensor]) -> torch.Tensor:
         """A group channel is alive while any producer (or an unmasked one) feeds it."""
@@ -104,15 +122,32 @@ class Coupling:
             read[m.root[cols[m.idxs]]] = True
         return read
 
-    def propagate(self, masks: dict[str, torch.Tensor], protected: set[str] = frozenset()
-                  ) -> dict[str, torch.Tensor]:
-        """Kill what dead filters make useless, both ways, until nothing changes."""
+    def tied_alive(self, group: ChannelGroup, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A tied channel lives only in all of its writers at once. A writer with no live
+        filter at all is a residual branch that died whole (its block is an identity) and
+        has no say."""
+        alive = self.channel_alive(group, masks)
+        for m in group.by_role("out"):
+            if m.maskable and m.module in masks:
+                filters = live_filters(masks[m.module]).cpu()
+                if bool(filters.any()):
+                    own = torch.zeros(group.channels, dtype=torch.bool)
+                    own[m.root[filters[m.idxs]]] = True
+                    alive &= own
+        return alive
+
+    def propagate(self, masks: dict[str, torch.Tensor], protected: set[str] = frozenset(),
+                  tie: bool = False) -> dict[str, torch.Tensor]:
+        """Kill what dead filters make useless, both ways, until nothing changes. ``tie``:
+        a channel tied across layers that died in one (live) writer dies in all of them."""
         masks = {k: v.clone() for k, v in masks.items()}
         changed = True
         while changed:
             changed = False
             for group in self.groups:
-                alive = self.channel_alive(group, masks) & self.channel_read(group, masks)
+                alive = (self.tied_alive(group, masks) if tie and group.tied
+                         else self.channel_alive(group, masks))
+                alive &= self.channel_read(group, masks)
                 if bool(alive.all()):
                     continue
                 dead_root = ~alive
@@ -136,7 +171,11 @@ class Coupling:
                     ) -> dict[str, torch.Tensor]:
         """Masks for every parameter that must stay zero: weights, the biases of dead
         filters, and the affine parameters (BatchNorm) of dead channels. A dead filter whose
-        bias or BatchNorm shift lived on would feed a constant to the next layer."""
+        bias or BatchNorm shift lived on would feed a constant to the next layer.
+
+        A BatchNorm right after a prunable layer follows that layer's own filters, so a
+        filter that died in one branch of a residual addition silences its BatchNorm channel
+        even while the twin branch keeps the channel alive."""
         modules = dict(model.named_modules())
         out: dict[str, torch.Tensor] = {}
         for name, mask in masks.items():
@@ -145,16 +184,26 @@ class Coupling:
                 out[f"{name}.bias"] = live_filters(mask)
         for group in self.groups:
             alive = self.channel_alive(group, masks)
-            if bool(alive.all()):
-                continue
             for m in group.by_role("aux"):
                 module = modules[m.module]
+                own = (live_filters(masks[m.producer]).cpu()[m.idxs]
+                       if m.producer in masks else alive[m.root])
+                if bool(own.all()):
+                    continue
                 for pname in ("weight", "bias"):
                     p = getattr(module, pname, None)
                     if isinstance(p, torch.Tensor) and p.dim() == 1:
                         key = f"{m.module}.{pname}"
                         pm = out.get(key, torch.ones(p.shape[0], dtype=torch.bool,
                                                      device=p.device)).clone()
-                        pm[m.idxs.to(p.device)] &= alive[m.root].to(p.device)
+                        pm[m.idxs.to(p.device)] &= own.to(p.device)
                         out[key] = pm
         return out
+
+
+def _direct_producer(dg, module: nn.Module, names: dict[nn.Module, str],
+                     layers: dict[str, Layer]) -> str | None:
+    """The prunable layer whose output feeds ``module`` directly (conv -> BatchNorm)."""
+    node = dg.module2node.get(module)
+    inputs = [names.get(getattr(i, "module", None)) for i in (node.inputs if node else [])]
+    return inputs[0] if len(inputs) == 1 and inputs[0] in layers else None

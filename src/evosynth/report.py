@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-COLUMNS = (
+# every per-generation column a table may show: (header, history key, format)
+CATALOGUE = {c[1]: c for c in (
     ("gen", "generation", "{}"),
     ("val %", "val_accuracy", "{:.2%}"),
     ("test %", "test_accuracy", "{:.2%}"),
+    ("val mAP %", "val_map", "{:.2%}"),
+    ("test mAP %", "test_map", "{:.2%}"),
     ("synapses", "synapses", "{:,}"),
     ("syn eff", "synaptic_efficiency", "{:.1f}x"),
     ("kernels", "kernel_clusters", "{:,}"),
     ("clu eff", "cluster_efficiency", "{:.2f}x"),
     ("filters", "filters", "{:,}"),
+    ("stream ch.", "coupled_channels", "{}"),
     ("MACs", "compact_macs", "{:,}"),
     ("ms", "latency_ms", "{:.2f}"),
     ("wall s", "wall_seconds", "{:.1f}"),
-)
+)}
+
+
+def columns(*keys: str) -> list[tuple[str, str, str]]:
+    return [CATALOGUE[k] for k in keys]
+
+
+COLUMNS = columns("generation", "val_accuracy", "test_accuracy", "synapses",
+                  "synaptic_efficiency", "kernel_clusters", "cluster_efficiency", "filters",
+                  "compact_macs", "latency_ms", "wall_seconds")
 
 
 def _cell(fmt: str, value: Any) -> str:
@@ -34,8 +49,8 @@ def markdown_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
 
 
 def history_table(history: list[dict[str, Any]], summary: dict[str, Any] | None) -> str:
-    """The per-generation table of ``evosynth show``; cost columns only when recorded."""
-    cols = [c for c in COLUMNS if any(c[1] in r for r in history)]
+    """The per-generation table of ``evosynth show``: the columns the run recorded."""
+    cols = [c for c in CATALOGUE.values() if any(c[1] in r for r in history)]
     lines = [markdown_table(history, cols)]
     if summary:
         floor = summary.get("floor")
@@ -44,3 +59,15 @@ def history_table(history: list[dict[str, Any]], summary: dict[str, Any] | None)
                      f"(floor {floor_s}, {summary['encoding']} encoding, "
                      f"{summary['granularity']} clusters, stopped: {summary['stopped']})")
     return "\n".join(lines)
+
+
+def write_results(out: Path, text: str, histories: dict[str, list[dict[str, Any]]],
+                  total_seconds: float, machine: str) -> None:
+    """A benchmark's table as results.md, and its histories (less per-layer detail) as
+    results.json, next to its runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps(
+        {"machine": machine, "total_seconds": total_seconds,
+         "history": {k: [{kk: vv for kk, vv in r.items() if kk != "layers"} for r in v]
+                     for k, v in histories.items()}}, indent=1))

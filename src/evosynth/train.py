@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,9 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
           param_masks: dict[str, torch.Tensor], generator: torch.Generator,
-          device: torch.device, desc: str = "train", progress: bool = True) -> float:
+          device: torch.device, desc: str = "train", progress: bool = True,
+          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+          ) -> float:
     """Train in place; returns the last epoch's mean loss.
 
     Masked entries get zero gradient before the step (so momentum and Adam moments never
@@ -60,7 +63,8 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
                    leave=False, disable=not progress, unit="step")
         for i in bar:
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            x = x_all[idx] if data.augment is None else data.augment(x_all[idx], generator)
+            loss = loss_fn(model(x), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if masks:
@@ -79,7 +83,7 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TensorData, device: torch.device,
              batch_size: int = 1000) -> float:
-    """Top-1 accuracy in [0, 1]."""
+    """Top-1 accuracy in [0, 1] (the classification task's fitness)."""
     model.to(device).eval()
     correct = 0
     for i in range(0, len(data), batch_size):

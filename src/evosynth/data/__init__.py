@@ -8,22 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from ..config import DataConfig
 from ..errors import UserError
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @dataclass
 class TensorData:
     x: torch.Tensor  # float, normalized
     y: torch.Tensor  # int64 class indices
+    augment: Augment | None = None  # applied to each training batch, never in evaluation
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, idx: torch.Tensor) -> TensorData:
-        return TensorData(self.x[idx], self.y[idx])
+        return TensorData(self.x[idx], self.y[idx], self.augment)
 
 
 @dataclass
@@ -32,10 +38,22 @@ class Splits:
     val: TensorData
     test: TensorData | None
     num_classes: int
+    task: Any = None  # a tasks.Task; None: classification
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+
+@dataclass
+class Loaded:
+    """What a data set's loader returns."""
+
+    train: TensorData
+    test: TensorData | None
+    num_classes: int
+    task: Any = None
+    prepared: bool = False  # the loader applied the data options itself (detection)
 
 
 def split_validation(data: TensorData, fraction: float, generator: torch.Generator
@@ -45,31 +63,83 @@ def split_validation(data: TensorData, fraction: float, generator: torch.Generat
     if n_val >= len(data):
         raise UserError(f"val_fraction {fraction} leaves no training data ({len(data)} samples)")
     perm = torch.randperm(len(data), generator=generator)
-    return data.subset(perm[n_val:]), data.subset(perm[:n_val])
+    val = data.subset(perm[:n_val])
+    val.augment = None
+    return data.subset(perm[n_val:]), val
 
 
-Loader = Callable[[str | None], tuple[TensorData, TensorData | None, int]]
+Loader = Callable[[str | None, DataConfig], Loaded]
 
 
-def _mnist(data_dir: str | None):
+def _mnist(data_dir: str | None, cfg: DataConfig) -> Loaded:
     from .mnist import load_mnist
 
-    return load_mnist(data_dir)
+    return Loaded(*load_mnist(data_dir))
 
 
-def _digits(data_dir: str | None):
+def _digits(data_dir: str | None, cfg: DataConfig) -> Loaded:
     from .digits import load_digits
 
-    return load_digits()
+    return Loaded(*load_digits())
 
 
-DATASETS: dict[str, Loader] = {"mnist": _mnist, "digits": _digits}
+def _cifar10(data_dir: str | None, cfg: DataConfig) -> Loaded:
+    from .cifar import load_cifar10
+
+    return Loaded(*load_cifar10(data_dir))
+
+
+def _kitti(data_dir: str | None, cfg: DataConfig) -> Loaded:
+    from .kitti import load_kitti
+
+    return load_kitti(data_dir, cfg)
+
+
+DATASETS: dict[str, Loader] = {"mnist": _mnist, "digits": _digits, "cifar10": _cifar10,
+                               "kitti": _kitti}
+
+
+def _reshape(data: TensorData, size: int | None, channels: int | None) -> TensorData:
+    x = data.x
+    if size is not None and tuple(x.shape[2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if channels is not None and x.shape[1] != channels:
+        if x.shape[1] != 1:
+            raise UserError(f"data.channels {channels}: only 1-channel images can be "
+                            f"repeated, these have {x.shape[1]}")
+        x = x.expand(-1, channels, -1, -1).contiguous()
+    return TensorData(x, data.y, data.augment)
+
+
+def prepare(data: TensorData, cfg: DataConfig, limit: int | None, train: bool) -> TensorData:
+    """The config's view of a data set: the first ``limit`` examples, resized, with the
+    channels repeated (MNIST digits as 32x32 RGB for the CIFAR networks), augmented."""
+    if limit is not None:
+        data = TensorData(data.x[:limit], data.y[:limit], data.augment)
+    if data.x.dim() != 4 and (cfg.size or cfg.channels):
+        raise UserError("data.size and data.channels apply to image data (N, C, H, W)")
+    if isinstance(cfg.size, list):
+        raise UserError("data.size [h, w] is for detection data; give one side for square "
+                        "images")
+    data = _reshape(data, cfg.size, cfg.channels)
+    if not train or cfg.augment == "none":
+        data.augment = None
+    elif cfg.augment != "auto":
+        from .augment import AUGMENTATIONS
+
+        data.augment = AUGMENTATIONS[cfg.augment]
+    return data
 
 
 def load_dataset(name: str, data_dir: str | None, val_fraction: float,
-                 generator: torch.Generator) -> Splits:
+                 generator: torch.Generator, cfg: DataConfig | None = None) -> Splits:
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    train, test, num_classes = DATASETS[name](data_dir)
+    cfg = cfg or DataConfig()
+    loaded = DATASETS[name](data_dir, cfg)
+    train, test = loaded.train, loaded.test
+    if not loaded.prepared:
+        train = prepare(train, cfg, cfg.train_limit, train=True)
+        test = prepare(test, cfg, cfg.test_limit, train=False) if test is not None else None
     train, val = split_validation(train, val_fraction, generator)
-    return Splits(train, val, test, num_classes)
+    return Splits(train, val, test, loaded.num_classes, loaded.task)

@@ -60,10 +60,22 @@ def _download(folder: Path) -> None:
                             "there, or pass --data-dir")
 
 
-def load_mnist(data_dir: str | None) -> tuple[TensorData, TensorData, int]:
+def _folder(data_dir: str | None) -> Path:
     folder = Path(data_dir or os.environ.get("EVOSYNTH_MNIST", DEFAULT_DIR)).expanduser()
     if not all(_find(folder, s) for s in FILES):
         _download(folder)
+    return folder
+
+
+def load_mnist_arrays(data_dir: str | None, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,)) of ``train`` or ``t10k``."""
+    folder = _folder(data_dir)
+    return (read_idx(_find(folder, f"{prefix}-images-idx3-ubyte")),
+            read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte")))
+
+
+def load_mnist(data_dir: str | None) -> tuple[TensorData, TensorData, int]:
+    folder = _folder(data_dir)
     arrays = {s: read_idx(_find(folder, s)) for s in FILES}
 
     def pair(prefix: str) -> TensorData:

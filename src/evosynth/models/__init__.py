@@ -8,13 +8,20 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError
+from .alexnet import AlexNetCifar
+from .detectnet import detectnet, detectnet_small
 from .lenet import LeNet5, LeNet300
+from .resnet import resnet56
 
 Factory = Callable[..., nn.Module]
 
 REGISTRY: dict[str, Factory] = {
     "lenet5": LeNet5,
     "lenet300": LeNet300,
+    "resnet56": resnet56,
+    "alexnet-cifar": AlexNetCifar,
+    "detectnet": detectnet,
+    "detectnet-small": detectnet_small,
 }
 
 

@@ -1,0 +1,36 @@
+"""What a network is trained and judged on. The loop, the trainer and the reports ask the
+task for the loss of a batch and the fitness of a network; they never assume classes."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import TensorData
+from .train import evaluate
+
+
+class Task(Protocol):
+    metric: str  # the history's keys are val_<metric> and test_<metric>
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module, data: TensorData, device: torch.device
+                 ) -> tuple[float, dict[str, Any]]: ...
+
+
+class Classification:
+    metric = "accuracy"
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target)
+
+    def evaluate(self, model: nn.Module, data: TensorData, device: torch.device
+                 ) -> tuple[float, dict[str, Any]]:
+        return evaluate(model, data, device), {}
+
+
+CLASSIFICATION = Classification()
