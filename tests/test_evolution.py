@@ -142,3 +142,12 @@ def test_compact_training_trains_the_same_network(tmp_path):
     assert [r["synapses"] for r in ha] == [r["synapses"] for r in hb]
     assert ha[-1]["compact_params"] < ha[0]["compact_params"]
     assert ha[-1]["compact_macs"] < ha[0]["compact_macs"]
+
+
+def test_offspring_schedule_and_best_on_validation(tmp_path):
+    cfg = quick(evolution={"generations": 3, "max_drop": None, "offspring": {1: 3, 3: 1}},
+                measure={"costs": False})
+    hist = evosynth.run(cfg, tmp_path / "run", progress=False, log=lambda s: None).history
+    assert [len(r["offspring_val_accuracy"]) for r in hist[1:]] == [3, 3, 1]
+    for r in hist[1:]:
+        assert r["val_accuracy"] == max(r["offspring_val_accuracy"])
