@@ -19,7 +19,7 @@ from evosynth.config import load_config
 from evosynth.costs import machine
 from evosynth.data.mnist import load_mnist_arrays
 from evosynth.data.scenes import write_scenes
-from evosynth.report import columns, markdown_table, write_results
+from evosynth.report import best_within, columns, markdown_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = columns("generation", "val_map", "test_map", "synapses", "synaptic_efficiency",
@@ -69,13 +69,7 @@ def main() -> None:
              f"### {cfg.model} on {'KITTI' if args.kitti_dir else 'digit scenes'} "
              f"({anc['dense_synapses']:,} weights, {anc['dense_kernel_clusters']:,} kernels)",
              "", markdown_table(hist, COLUMNS), ""]
-    ok = [r for r in hist[1:] if r["test_map"] >= anc["test_map"] - 0.02]
-    if ok:
-        b = max(ok, key=lambda r: r["cluster_efficiency"])
-        lines.append(f"- most kernel clusters removed within 2 mAP points of the ancestor "
-                     f"(test): gen {b['generation']}, {b['cluster_efficiency']:.2f}x kernels, "
-                     f"{b['synaptic_efficiency']:.1f}x synapses at mAP {b['test_map']:.2%} "
-                     f"(ancestor {anc['test_map']:.2%})")
+    lines.append(best_within(hist, "test_map", 0.02) or "- no generation within 2 points")
     lines.append("- test AP per class: " + "; ".join(
         f"gen {r['generation']}: " + ", ".join(f"{k} {v:.2%}" for k, v in r["test_ap"].items())
         for r in hist))

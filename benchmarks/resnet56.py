@@ -19,7 +19,7 @@ from pathlib import Path
 import evosynth
 from evosynth.config import load_config
 from evosynth.costs import machine
-from evosynth.report import columns, markdown_table, write_results
+from evosynth.report import best_within, columns, markdown_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"resnet56": ROOT / "configs" / "resnet56_cifar10.yaml",
@@ -81,14 +81,7 @@ def main() -> None:
                   f" kernels, {anc['dense_filters']:,} filters/neurons)", "",
                   markdown_table(hist, [c for c in COLUMNS
                                         if any(c[1] in r for r in hist)]), ""]
-        ok = [r for r in hist[1:] if r["test_accuracy"] >= anc["test_accuracy"] - 0.01]
-        if ok:
-            b = max(ok, key=lambda r: r["cluster_efficiency"])
-            lines.append(f"- most kernel clusters removed within 1 point of the ancestor's "
-                         f"test accuracy: gen {b['generation']}, {b['cluster_efficiency']:.2f}x "
-                         f"kernels, {b['synaptic_efficiency']:.1f}x synapses at "
-                         f"{b['test_accuracy']:.2%} (ancestor {anc['test_accuracy']:.2%})")
-        lines.append("")
+        lines += [best_within(hist, "test_accuracy", 0.01) or "", ""]
     text = "\n".join(lines)
     print("\n" + text)
     write_results(out, text, results, total, machine())

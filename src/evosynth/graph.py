@@ -39,8 +39,9 @@ class ChannelGroup:
 
     @property
     def tied(self) -> bool:
-        """Several prunable layers write the same channels (a residual addition): the
-        channel is one unit of the architecture, alive while any of them writes it."""
+        """Several prunable layers write the same channels (a residual addition). For
+        compaction such a channel lives while any writer feeds it; at filter granularity
+        evolution keeps the writers in agreement (``tied_alive``)."""
         return sum(m.maskable for m in self.by_role("out")) > 1
 
 

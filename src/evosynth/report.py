@@ -61,6 +61,20 @@ def history_table(history: list[dict[str, Any]], summary: dict[str, Any] | None)
     return "\n".join(lines)
 
 
+def best_within(history: list[dict[str, Any]], key: str, drop: float) -> str | None:
+    """One line: the generation with the most kernel clusters removed whose ``key`` (a test
+    metric) is within ``drop`` of the ancestor's; None if no generation is."""
+    anc = history[0]
+    ok = [r for r in history[1:] if r[key] >= anc[key] - drop]
+    if not ok:
+        return None
+    b = max(ok, key=lambda r: r["cluster_efficiency"])
+    return (f"- most kernel clusters removed within {100 * drop:g} points of the ancestor's "
+            f"{key}: gen {b['generation']}, {b['cluster_efficiency']:.2f}x kernels, "
+            f"{b['synaptic_efficiency']:.1f}x synapses at {b[key]:.2%} "
+            f"(ancestor {anc[key]:.2%})")
+
+
 def write_results(out: Path, text: str, histories: dict[str, list[dict[str, Any]]],
                   total_seconds: float, machine: str) -> None:
     """A benchmark's table as results.md, and its histories (less per-layer detail) as
