@@ -66,7 +66,7 @@ def test_kitti_loader_resizes_boxes_and_splits(tmp_path):
     assert train.x.shape == (4, 3, 80, 144) and len(test) == 1  # last 20%: the test set
     assert torch.allclose(train.objects[0].boxes, torch.tensor([[14.4, 8.0, 86.4, 40.0]]))
     assert torch.allclose(train.objects[0].ignore, torch.tensor([[100.0, 4.0, 120.0, 24.0]]))
-    assert train.y.shape == (4, 16, 5, 9) and loaded.task.metric == "map"
+    assert train.y.shape == (4, 5 * 3 + 2, 5, 9) and loaded.task.metric == "map"
     assert loaded.task.strict == ("Car",)
     rounded = load_kitti(str(root), DataConfig())  # 40x72 rounded up to multiples of 16
     assert rounded.train.x.shape[2:] == (48, 80)
@@ -145,9 +145,12 @@ def test_grid_round_trip_and_nms():
     coder = GridCoder(2)
     o = obj([[10, 20, 50, 44], [70, 66, 120, 126]], [0, 1], ignore=[[0, 100, 30, 128]])
     t = coder.encode(o.boxes, o.labels, o.ignore, 128, 128)
-    assert t.shape == (11, 8, 8) and t[0].sum() >= 1 and t[1].sum() >= 1
-    assert t[-1, 7, 0] == 0 and t[-1, 0, 0] == 1  # the DontCare cell carries no loss
-    logits = t[:-1].clone()
+    assert t.shape == (coder.channels, 8, 8) == (12, 8, 8)
+    assert t[0].sum() >= 1 and t[1].sum() >= 1
+    assert t[-2, 7, 0] == 0 and t[-2, 0, 0] == 1  # the DontCare cell carries no loss
+    # each object's cells share one unit of weight; cells of no object weigh nothing
+    assert t[-1].sum() == approx(2) and t[-1][t[:2].sum(0) == 0].abs().sum() == 0
+    logits = t[:10].clone()
     logits[:2] = torch.where(t[:2] > 0, 8.0, -8.0)
     (boxes, _, labels), = coder.decode(logits[None])
     assert sorted(labels.tolist()) == [0, 1]
@@ -155,6 +158,27 @@ def test_grid_round_trip_and_nms():
         assert torch.allclose(b, o.boxes[int(k)], atol=1e-4)
     b = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60.0]])
     assert nms(b, torch.tensor([0.5, 0.9, 0.7]), 0.5).tolist() == [1, 2]
+
+
+def test_box_loss_is_relative_to_object_size_and_per_object():
+    """A 2-px corner error costs a thin object what a 10-px error costs one five times as
+    wide, and an object covering many cells weighs no more than one covering a single cell."""
+    coder = GridCoder(1)
+
+    def box_loss(boxes, shift):
+        o = obj(boxes, [0] * len(boxes))
+        t = coder.encode(o.boxes, o.labels, o.ignore, 128, 128)[None]
+        out = t[:, :5].clone()
+        out[:, 0] = torch.where(t[:, 0] > 0, 30.0, -30.0)  # coverage exact: loss is the box
+        out[:, 1] += shift / coder.box_scale  # every x1 off by `shift` pixels
+        return float(coder.loss(out, t))
+
+    thin, wide = [[40, 20, 48, 100]], [[20, 20, 60, 100]]
+    assert box_loss(thin, 2) == approx(box_loss(wide, 10), rel=1e-4)
+    assert box_loss(thin, 2) == approx(0.25, rel=1e-4)  # 2 px of an 8-px width
+    big, thin2 = [[0, 0, 60, 60]], [[90, 60, 98, 124]]  # big covers 4 cells, thin2 one
+    assert box_loss(big, 10) == approx(10 / 60, rel=1e-4)
+    assert box_loss(big + thin2, 2) == approx((2 / 60 + 2 / 8) / 2, rel=1e-4)
 
 
 def test_detectnet_compacts_through_inception_concatenation():
@@ -177,16 +201,21 @@ def test_detectnet_compacts_through_inception_concatenation():
     assert torch.allclose(c.model(x), model(x), atol=1e-5)
 
 
-def test_detection_generation_end_to_end(tmp_path, monkeypatch, capsys):
-    from evosynth.cli import main
-
+def tiny_scenes(root):
+    """24 training and 8 test scenes of 64x64 with blocky fake digits, in KITTI layout."""
     rng = np.random.default_rng(1)
     digits = (rng.random((40, 28, 28)) * 60).astype(np.uint8)
     digits[:, 6:22, 8:20] = 255
     labels = np.arange(40) % 4
-    write_scenes(tmp_path / "k", digits, labels, 24, size=64, scale=(20, 30), seed=0)
-    write_scenes(tmp_path / "k", digits, labels, 8, split="testing", size=64, scale=(20, 30),
-                 seed=1)
+    write_scenes(root, digits, labels, 24, size=64, scale=(20, 30), seed=0)
+    write_scenes(root, digits, labels, 8, split="testing", size=64, scale=(20, 30), seed=1)
+    return root
+
+
+def test_detection_generation_end_to_end(tmp_path, monkeypatch, capsys):
+    from evosynth.cli import main
+
+    tiny_scenes(tmp_path / "k")
     cfg = tmp_path / "det.yaml"
     cfg.write_text("data: {classes: [zero, one, two]}\nmodel_args: {width: 0.125, blocks: 3}\n"
                    "encoding: {granularity: filter, cluster_factor: 0.7}\n"
@@ -209,6 +238,28 @@ def test_detection_generation_end_to_end(tmp_path, monkeypatch, capsys):
         assert set(h["test_ap"]) <= {"zero", "one", "two"} and "val_accuracy" not in h
     assert hist[1]["synapses"] < hist[0]["synapses"]
     assert "val mAP" in capsys.readouterr().out
+
+
+def test_python_api_evolves_a_detector_with_its_task(tmp_path):
+    import evosynth
+    from evosynth.config import DataConfig
+
+    loaded = load_kitti(str(tiny_scenes(tmp_path / "k")), DataConfig(classes=["zero", "one"]))
+    torch.manual_seed(0)
+    model = detectnet_small(2, (3, 64, 64), width=0.125, blocks=3)
+    config = {"encoding": {"granularity": "filter", "cluster_factor": 0.7},
+              "evolution": {"generations": 1}, "measure": {"costs": False},
+              "train": {"epochs": 1, "batch_size": 8},
+              "ancestor_train": {"epochs": 1, "batch_size": 8}}
+    res = evosynth.evolve(model, loaded.train, loaded.test, config, task=loaded.task,
+                          run_dir=tmp_path / "run", log=lambda line: None)
+    assert [h["generation"] for h in res.history] == [0, 1]
+    assert all(0 <= h["test_map"] <= 1 and set(h["test_ap"]) <= {"zero", "one"}
+               for h in res.history)
+    assert res.history[1]["kernel_clusters"] < res.history[0]["kernel_clusters"]
+    with pytest.raises(UserError, match="TensorData"):
+        evosynth.evolve(model, (loaded.train.x, loaded.train.y), None, config,
+                        task=loaded.task, log=lambda line: None)
 
 
 def test_scenes_command_writes_kitti_folders_once(fake_mnist, tmp_path, monkeypatch, capsys):

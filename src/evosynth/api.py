@@ -19,6 +19,7 @@ from .errors import UserError
 from .evolution import Evolution, EvolutionResult, derive_seed, generator
 from .models import build_model
 from .rundir import RunDir
+from .tasks import Task
 
 DataLike = TensorData | tuple[torch.Tensor, torch.Tensor] | Dataset
 
@@ -45,24 +46,40 @@ def as_tensor_data(data: DataLike, what: str) -> TensorData:
 def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = None,
            config: RunConfig | dict[str, Any] | None = None, *, val_data: DataLike | None = None,
            run_dir: str | Path | None = None, force: bool = False, trained: bool = False,
-           log: Callable[[str], None] = print, progress: bool = False) -> EvolutionResult:
+           task: Task | None = None, log: Callable[[str], None] = print,
+           progress: bool = False) -> EvolutionResult:
     """Evolve ``model`` (the ancestor) and return the history and the best offspring.
 
     ``train_data``/``test_data``: ``(x, y)`` tensors or a map-style Dataset. Validation is a
     seeded ``config.evolution.val_fraction`` of ``train_data`` unless ``val_data`` is given.
     ``trained=True`` takes ``model``'s weights as the trained ancestor (no ancestor training;
     its zeros become dead synapses). The model is not modified; the result holds copies.
+    ``task`` is what the network is trained and judged on (default: classification by
+    cross-entropy and accuracy); a task's data must be ``TensorData`` in its own format,
+    e.g. ``load_kitti``'s ``DetectionData`` with its ``Detection`` task.
     """
     cfg = config if isinstance(config, RunConfig) else validate(dict(config or {}))
-    train = as_tensor_data(train_data, "train_data")
-    test = as_tensor_data(test_data, "test_data") if test_data is not None else None
+
+    def own(data: DataLike, what: str) -> TensorData:
+        if task is None:
+            return as_tensor_data(data, what)
+        if not isinstance(data, TensorData):
+            raise UserError(f"{what}: with a task, pass the task's TensorData "
+                            f"(got {type(data).__name__})")
+        return data
+
+    train = own(train_data, "train_data")
+    test = own(test_data, "test_data") if test_data is not None else None
     if val_data is None:
         train, val = split_validation(train, cfg.evolution.val_fraction,
                                       generator(cfg.seed, "split"))
     else:
-        val = as_tensor_data(val_data, "val_data")
-    num_classes = int(max(int(train.y.max()), int(val.y.max())) + 1)
-    splits = Splits(train, val, test, num_classes)
+        val = own(val_data, "val_data")
+    if task is None:
+        num_classes = int(max(int(train.y.max()), int(val.y.max())) + 1)
+    else:
+        num_classes = len(getattr(task, "classes", ()))
+    splits = Splits(train, val, test, num_classes, task)
     rd = RunDir(run_dir if run_dir is not None else tempfile.mkdtemp(prefix="evosynth-"))
     rd.create(cfg, force=force or run_dir is None)
     model = copy.deepcopy(model)

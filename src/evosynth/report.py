@@ -54,7 +54,8 @@ def history_table(history: list[dict[str, Any]], summary: dict[str, Any] | None)
     lines = [markdown_table(history, cols)]
     if summary:
         floor = summary.get("floor")
-        floor_s = f"{floor:.2%}" if floor is not None else "none"
+        # a floor at or below zero (max_drop 1.0: "no floor") cannot reject a network
+        floor_s = f"{floor:.2%}" if floor is not None and floor > 0 else "none"
         lines.append(f"\nbest generation {summary['best_generation']} "
                      f"(floor {floor_s}, {summary['encoding']} encoding, "
                      f"{summary['granularity']} clusters, stopped: {summary['stopped']})")

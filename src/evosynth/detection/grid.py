@@ -6,6 +6,11 @@ object's box (``coverage_shrink`` of its width and height; the cell holding the 
 always is). Its box target is the offset of each corner from the cell centre, divided by
 ``box_scale`` pixels. Where objects overlap, the larger (nearer, in road scenes) one owns
 the cell, as in DetectNet. Cells inside a DontCare region carry no coverage loss.
+
+The box loss is normalized as DetectNet's is (its ``size-block`` and ``obj-norm``): a corner
+error counts relative to the object's width or height, so a thin object's edges matter as
+much as a wide one's (IoU, which decides a detection, is relative too), and each object
+weighs the same however many cells it covers.
 """
 
 from __future__ import annotations
@@ -24,15 +29,17 @@ class GridCoder:
 
     @property
     def channels(self) -> int:
-        """Target channels: coverage (C), corners (4C), and a care mask (1)."""
-        return 5 * self.classes + 1
+        """Target channels: coverage (C), corners (4C), a care mask (1) and each cell's
+        share of its object (1 / the object's cell count; 0 where no object)."""
+        return 5 * self.classes + 2
 
     def encode(self, boxes: torch.Tensor, labels: torch.Tensor, ignore: torch.Tensor,
                height: int, width: int) -> torch.Tensor:
         """The dense target (5C + 1, h/stride, w/stride) of one image."""
         gh, gw = height // self.stride, width // self.stride
         c = self.classes
-        t = torch.zeros(5 * c + 1, gh, gw)
+        t = torch.zeros(5 * c + 2, gh, gw)
+        owner = torch.full((gh, gw), -1, dtype=torch.int64)
         cy = (torch.arange(gh, dtype=torch.float32) + 0.5) * self.stride
         cx = (torch.arange(gw, dtype=torch.float32) + 0.5) * self.stride
         care = torch.ones(gh, gw, dtype=torch.bool)
@@ -55,20 +62,30 @@ class GridCoder:
             corners = torch.stack([x1 - dx, y1 - dy, x2 - dx, y2 - dy])
             t[c + 4 * k: c + 4 * k + 4, cells] = corners[:, cells] / self.box_scale
             care |= cells
-        t[-1] = care.float()
+            owner[cells] = i
+        t[-2] = care.float()
+        ids, counts = owner[owner >= 0].unique(return_counts=True)
+        for j, n in zip(ids.tolist(), counts.tolist(), strict=True):
+            t[-1, owner == j] = 1.0 / n
         return t
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Coverage: binary cross-entropy over cared-for cells; boxes: L1 on the cells that
-        cover an object of that class. Both are divided by the number of covering cells, so
-        that a scene with few objects weighs as much as a crowded one."""
+        """Coverage: binary cross-entropy over cared-for cells, per covering cell. Boxes: L1
+        of each corner relative to the object's width (x) or height (y), averaged over an
+        object's cells and then over the objects of the batch."""
         c = self.classes
-        cov_t, box_t, care = target[:, :c], target[:, c:5 * c], target[:, -1:]
-        n_pos = cov_t.sum().clamp(min=1)
+        cov_t, box_t = target[:, :c], target[:, c:5 * c]
+        care, share = target[:, 5 * c:5 * c + 1], target[:, 5 * c + 1:5 * c + 2]
         cov = torch.nn.functional.binary_cross_entropy_with_logits(
-            out[:, :c], cov_t, weight=care.expand_as(cov_t), reduction="sum") / n_pos
-        pos = cov_t.repeat_interleave(4, dim=1)
-        box = ((out[:, c:5 * c] - box_t).abs() * pos).sum() / n_pos
+            out[:, :c], cov_t, weight=care.expand_as(cov_t), reduction="sum")
+        cov = cov / cov_t.sum().clamp(min=1)
+        n, _, gh, gw = box_t.shape
+        corners = box_t.reshape(n, c, 4, gh, gw)
+        size = (corners[:, :, 2:] - corners[:, :, :2]).repeat(1, 1, 2, 1, 1)  # w, h, w, h
+        err = (out[:, c:5 * c].reshape(n, c, 4, gh, gw) - corners).abs()
+        err = err / size.clamp(min=1.0 / self.box_scale)  # a pixel at least: no 0/0
+        weight = (cov_t * share)[:, :, None]
+        box = (err * weight).sum() / share.sum().clamp(min=1)
         return cov + box
 
     def decode(self, out: torch.Tensor, threshold: float = 0.05, iou: float = 0.5,
