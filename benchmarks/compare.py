@@ -52,7 +52,7 @@ class Bench:
     def __init__(self, data: Splits, ancestor: nn.Module, cfg, device, repeats: int):
         self.data, self.ancestor, self.cfg, self.device = data, ancestor, cfg, device
         self.repeats = repeats
-        self.x256 = data.test.x[:256]
+        self.x256 = data.test.inputs(slice(0, 256))
         self.rows: list[dict] = []
         self.base: dict | None = None
 

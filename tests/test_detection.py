@@ -67,6 +67,12 @@ def test_kitti_loader_resizes_boxes_and_splits(tmp_path):
     assert torch.allclose(train.objects[0].boxes, torch.tensor([[14.4, 8.0, 86.4, 40.0]]))
     assert torch.allclose(train.objects[0].ignore, torch.tensor([[100.0, 4.0, 120.0, 24.0]]))
     assert train.y.shape == (4, 5 * 3 + 2, 5, 9) and loaded.task.metric == "map"
+    # pixels are held as bytes and become normalized inputs per batch, subsets included
+    assert train.x.dtype == torch.uint8  # a flat image stays its exact byte when resized
+    assert train.x[:, 0, 40, 70].tolist() == [0, 20, 40, 60]
+    batch = train.subset(torch.tensor([2, 0])).inputs(slice(0, 2))
+    assert batch.dtype == torch.float32
+    assert torch.equal(batch, (train.x[[2, 0]].float() / 255 - 0.4) / 0.25)
     assert loaded.task.strict == ("Car",)
     rounded = load_kitti(str(root), DataConfig())  # 40x72 rounded up to multiples of 16
     assert rounded.train.x.shape[2:] == (48, 80)

@@ -131,7 +131,7 @@ def load_run(run_dir: str | Path, generation: int | None = None):
     from .clusters import prunable_layers
 
     genome = rd.load_generation(generation, model, prunable_layers(model, cfg.encoding.exclude))
-    return model.eval(), genome, cfg, data.train.x[:8]
+    return model.eval(), genome, cfg, data.train.inputs(slice(0, 8))
 
 
 def resume(out: str | Path, log: Callable[[str], None] = print, progress: bool = True

@@ -88,7 +88,7 @@ class Evolution:
         self.log, self.progress = log, progress
         self.device = resolve_device(cfg.device)
         self.layers = prunable_layers(model, cfg.encoding.exclude)
-        example = data.train.x[:2]
+        example = data.train.inputs(slice(0, 2))
         self.coupling = (Coupling.build(copy.deepcopy(model).cpu().eval(), example.cpu(),
                                         self.layers)
                          if cfg.encoding.couple else Coupling([], self.layers))
@@ -103,7 +103,7 @@ class Evolution:
 
     # -- one step of each kind --------------------------------------------------------------
     def _compact(self, model: nn.Module, genome: Genome):
-        example = self.data.train.x[:2].to(next(model.parameters()).device)
+        example = self.data.train.inputs(slice(0, 2)).to(next(model.parameters()).device)
         return compact(model, example, genome.masks, tuple(self.cfg.encoding.exclude))
 
     def _train(self, model: nn.Module, genome: Genome, train_cfg, gen: torch.Generator,
@@ -128,7 +128,7 @@ class Evolution:
         if not mc.costs:
             return {}
         small = self._compact(model, genome).model.to(self.device)
-        x = self.data.train.x[:mc.latency_batch].to(self.device)
+        x = self.data.train.inputs(slice(0, mc.latency_batch)).to(self.device)
         return {"compact_params": count_params(small),
                 "compact_macs": count_macs(small, x[:8]),
                 "model_bytes": size_bytes(small),

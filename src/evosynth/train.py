@@ -54,7 +54,7 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total))
-    x_all, y_all = data.x.to(device), data.y.to(device)
+    data = data.to(device)
     loss_sum = 0.0
     for epoch in range(cfg.epochs):
         perm = torch.randperm(len(data), generator=generator).to(device)
@@ -63,8 +63,10 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
                    leave=False, disable=not progress, unit="step")
         for i in bar:
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = x_all[idx] if data.augment is None else data.augment(x_all[idx], generator)
-            loss = loss_fn(model(x), y_all[idx])
+            x = data.inputs(idx)
+            if data.augment is not None:
+                x = data.augment(x, generator)
+            loss = loss_fn(model(x), data.y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if masks:
@@ -87,6 +89,6 @@ def evaluate(model: nn.Module, data: TensorData, device: torch.device,
     model.to(device).eval()
     correct = 0
     for i in range(0, len(data), batch_size):
-        x = data.x[i:i + batch_size].to(device)
+        x = data.inputs(slice(i, i + batch_size)).to(device)
         correct += int((model(x).argmax(dim=1).cpu() == data.y[i:i + batch_size]).sum())
     return correct / max(1, len(data))

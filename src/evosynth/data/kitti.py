@@ -9,6 +9,7 @@ detections there and evaluation ignores them. Objects of classes not asked for a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +41,19 @@ class DetectionData(TensorData):
     classes: tuple[str, ...] = DEFAULT_CLASSES
 
     def subset(self, idx: torch.Tensor) -> DetectionData:
-        return DetectionData(self.x[idx], self.y[idx], self.augment,
-                             [self.objects[int(i)] for i in idx], self.classes)
+        return dataclasses.replace(self, x=self.x[idx], y=self.y[idx],
+                                   objects=[self.objects[int(i)] for i in idx])
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """uint8 pixels -> the detector's input, per batch (``TensorData.decode``)."""
+
+    mean: float = MEAN
+    std: float = STD
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - self.mean) / self.std
 
 
 def parse_label_file(path: Path, classes: tuple[str, ...]) -> tuple[list, list, list]:
@@ -80,15 +92,17 @@ def _read_image(path: Path) -> np.ndarray:
 
 def read_split(folder: Path, classes: tuple[str, ...], size: tuple[int, int] | None,
                limit: int | None = None) -> tuple[torch.Tensor, list[Objects]]:
-    """Images (N, 3, h, w) normalized, and their objects scaled to the loaded size."""
+    """Images (N, 3, h, w) as uint8 (``Normalize`` makes them inputs), and their objects
+    scaled to the loaded size."""
     img_dir, lab_dir = folder / "image_2", folder / "label_2"
     if not img_dir.is_dir() or not lab_dir.is_dir():
         raise UserError(f"{folder}: expected image_2/ and label_2/ (the KITTI object layout)")
     ids = sorted(p.stem for p in img_dir.glob("*.png"))[:limit]
     if not ids:
         raise UserError(f"{img_dir}: no .png images")
-    images, objects = [], []
-    for i in ids:
+    x: torch.Tensor | None = None  # filled in place: no second copy of the set at the end
+    objects = []
+    for n, i in enumerate(ids):
         label = lab_dir / f"{i}.txt"
         if not label.is_file():
             raise UserError(f"{label}: missing label file for image {i}.png")
@@ -98,16 +112,18 @@ def read_split(folder: Path, classes: tuple[str, ...], size: tuple[int, int] | N
         if (h, w) != (h0, w0):
             img = torch.nn.functional.interpolate(img[None].float(), size=(h, w),
                                                   mode="bilinear", align_corners=False)[0]
-        elif images and images[0].shape != img.shape:
+            img = img.round().clamp(0, 255).to(torch.uint8)
+        if x is None:
+            x = torch.empty((len(ids), 3, h, w), dtype=torch.uint8)
+        elif x.shape[2:] != img.shape[1:]:
             raise UserError(f"{img_dir}: images differ in size ({i}.png is {w0}x{h0}); "
                             "set data.size to resize them all")
+        x[n] = img
         boxes, labels, ignore = parse_label_file(label, classes)
         scale = torch.tensor([w / w0, h / h0, w / w0, h / h0])
         objects.append(Objects(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4) * scale,
                                torch.tensor(labels, dtype=torch.int64),
                                torch.tensor(ignore, dtype=torch.float32).reshape(-1, 4) * scale))
-        images.append(img.float())
-    x = (torch.stack(images) / 255.0 - MEAN) / STD
     return x, objects
 
 
@@ -159,7 +175,7 @@ def load_kitti(data_dir: str | None, cfg) -> Loaded:
     def data(images, objs, limit) -> DetectionData:
         images, objs = images[:limit], objs[:limit]
         y = torch.stack([coder.encode(o.boxes, o.labels, o.ignore, h, w) for o in objs])
-        return DetectionData(images, y, None, objs, classes)
+        return DetectionData(images, y, None, Normalize(), objs, classes)
 
     task = Detection(coder, classes, strict=("Car",) if "Car" in classes else ())
     return Loaded(data(x, objects, cfg.train_limit), data(xt, objects_t, cfg.test_limit),

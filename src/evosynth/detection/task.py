@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import TensorData
 from ..data.kitti import DetectionData
 from .grid import GridCoder
 from .metrics import average_precision
@@ -27,18 +28,18 @@ class Detection:
         return self.coder.loss(output, target)
 
     @torch.no_grad()
-    def detect(self, model: nn.Module, x: torch.Tensor, device: torch.device,
+    def detect(self, model: nn.Module, data: TensorData, device: torch.device,
                batch_size: int = 64):
         model.to(device).eval()
         dets = []
-        for i in range(0, len(x), batch_size):
-            out = model(x[i:i + batch_size].to(device))
+        for i in range(0, len(data), batch_size):
+            out = model(data.inputs(slice(i, i + batch_size)).to(device))
             dets += self.coder.decode(out, self.threshold, self.nms_iou)
         return dets
 
     def evaluate(self, model: nn.Module, data: DetectionData, device: torch.device
                  ) -> tuple[float, dict[str, Any]]:
-        dets = self.detect(model, data.x, device)
+        dets = self.detect(model, data, device)
         ap = average_precision(dets, data.objects, len(self.classes), 0.5)
         details: dict[str, Any] = {"ap": {self.classes[k]: v for k, v in ap.items()}}
         strict = [self.classes.index(c) for c in self.strict if c in self.classes]
