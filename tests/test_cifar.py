@@ -52,10 +52,11 @@ def test_bad_files_get_one_line_errors(tmp_path, monkeypatch):
 
 def test_crop_flip_is_seeded_and_a_real_crop():
     x = torch.randn(16, 3, 32, 32)
-    a = crop_flip(x, torch.Generator().manual_seed(1))
-    b = crop_flip(x, torch.Generator().manual_seed(1))
-    assert torch.equal(a, b) and a.shape == x.shape
-    assert not torch.equal(a, crop_flip(x, torch.Generator().manual_seed(2)))
+    y = torch.arange(16)
+    a, ya = crop_flip(x, y, torch.Generator().manual_seed(1))
+    b, _ = crop_flip(x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape and torch.equal(ya, y)
+    assert not torch.equal(a, crop_flip(x, y, torch.Generator().manual_seed(2))[0])
     # each output is a shifted (maybe mirrored) window of the zero-padded input
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(16):
@@ -73,13 +74,16 @@ def test_data_options_resize_repeat_and_limit(fake_mnist):
     aug = load_dataset("mnist", str(fake_mnist), 0.1, torch.Generator().manual_seed(0),
                        DataConfig(augment="crop-flip"))
     assert aug.train.augment is crop_flip and aug.val.augment is None
+    with pytest.raises(UserError, match="flip-shift is for detection"):
+        load_dataset("mnist", str(fake_mnist), 0.1, torch.Generator().manual_seed(0),
+                     DataConfig(augment="flip-shift"))
 
 
 def test_shift_translates_digits_without_mirroring():
     from evosynth.data.augment import shift
 
     x = torch.randn(12, 1, 28, 28)
-    a = shift(x, torch.Generator().manual_seed(0))
+    a, _ = shift(x, torch.arange(12), torch.Generator().manual_seed(0))
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(12):
         windows = [padded[i, :, r:r + 28, c:c + 28] for r in range(5) for c in range(5)]

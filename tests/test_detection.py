@@ -74,6 +74,13 @@ def test_kitti_loader_resizes_boxes_and_splits(tmp_path):
     assert batch.dtype == torch.float32
     assert torch.equal(batch, (train.x[[2, 0]].float() / 255 - 0.4) / 0.25)
     assert loaded.task.strict == ("Car",)
+    assert train.augment is None  # auto: no augmentation (digit scenes must not mirror)
+    flips = load_kitti(str(root), DataConfig(size=[80, 144], augment="flip-shift"))
+    assert flips.train.augment.flip and flips.test.augment is None
+    assert not load_kitti(str(root), DataConfig(size=[80, 144], augment="shift")
+                          ).train.augment.flip
+    with pytest.raises(UserError, match="crop-flip is for classification"):
+        load_kitti(str(root), DataConfig(size=[80, 144], augment="crop-flip"))
     rounded = load_kitti(str(root), DataConfig())  # 40x72 rounded up to multiples of 16
     assert rounded.train.x.shape[2:] == (48, 80)
     with pytest.raises(UserError, match="multiples of 16"):
@@ -185,6 +192,46 @@ def test_box_loss_is_relative_to_object_size_and_per_object():
     big, thin2 = [[0, 0, 60, 60]], [[90, 60, 98, 124]]  # big covers 4 cells, thin2 one
     assert box_loss(big, 10) == approx(10 / 60, rel=1e-4)
     assert box_loss(big + thin2, 2) == approx((2 / 60 + 2 / 8) / 2, rel=1e-4)
+
+
+def test_grid_augment_moves_targets_exactly_with_the_image():
+    """Shifting by whole cells and mirroring the image gives the targets that encoding the
+    moved boxes gives, so training sees the same labels it would from a re-labelled image."""
+    from evosynth.detection.augment import GridAugment
+
+    coder, size = GridCoder(2), 128
+    boxes = torch.tensor([[35.3, 21.7, 60.2, 70.9], [70.6, 50.1, 83.3, 99.4]])
+    labels = torch.tensor([0, 1])
+    o = obj(boxes.tolist(), labels.tolist())
+    t = coder.encode(o.boxes, o.labels, o.ignore, size, size)[None]
+    img = torch.randn(1, 3, size, size)
+    aug = GridAugment(coder)
+    for (dy, dx), mirror in [((1, -2), True), ((-1, 2), False), ((2, 1), True)]:
+        xa, ta = aug.apply(img, t, torch.tensor([[dy], [dx]]), torch.tensor([mirror]))
+        moved = boxes + torch.tensor([dx, dy, dx, dy]) * coder.stride
+        expect_img = torch.zeros_like(img)  # shift with zero fill, then mirror
+        src = img[..., max(0, -dy * 16):size - max(0, dy * 16),
+                  max(0, -dx * 16):size - max(0, dx * 16)]
+        expect_img[..., max(0, dy * 16):size - max(0, -dy * 16),
+                   max(0, dx * 16):size - max(0, -dx * 16)] = src
+        if mirror:
+            moved = torch.stack([size - moved[:, 2], moved[:, 1], size - moved[:, 0],
+                                 moved[:, 3]], dim=1)
+            expect_img = expect_img.flip(-1)
+        assert torch.equal(xa, expect_img)
+        expect = coder.encode(moved, labels, torch.zeros(0, 4), size, size)[None]
+        assert torch.allclose(ta[:, :10], expect[:, :10], atol=1e-6)  # coverage, corners
+        assert torch.equal(ta[:, -1], expect[:, -1])  # each object's share of weight
+        # cells shifted in from outside the image carry no loss
+        assert int((ta[0, -2] == 0).sum()) == 8 * 8 - (8 - abs(dy)) * (8 - abs(dx))
+        logits = torch.cat([torch.where(ta[:, :2] > 0, 9.0, -9.0), ta[:, 2:10]], 1)
+        (b, _, lab), = coder.decode(logits)  # the moved boxes come back out of the grid
+        for box, k in zip(b, lab, strict=True):
+            assert torch.allclose(box, moved[int(k)], atol=1e-4)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    batch_x, batch_t = img.expand(6, -1, -1, -1), t.expand(6, -1, -1, -1)
+    a, b = aug(batch_x, batch_t, g1), aug(batch_x, batch_t, g2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_detectnet_compacts_through_inception_concatenation():

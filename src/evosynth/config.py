@@ -138,10 +138,13 @@ class DataConfig:
         "help": "use only the first N test examples"})
     classes: list[str] | None = field(default=None, metadata={
         "help": "detection: the object classes to detect (kitti: Car, Pedestrian, Cyclist)"})
-    augment: Literal["auto", "none", "crop-flip", "shift"] = field(default="auto", metadata={
-        "help": "training augmentation; auto: the data set's standard (cifar10: crop-flip, "
-                "others none); crop-flip: 4-pixel padded random crops and horizontal flips; "
-                "shift: translations of up to 2 pixels, no flips (digits)"})
+    augment: Literal["auto", "none", "crop-flip", "shift", "flip-shift"] = field(
+        default="auto", metadata={
+            "help": "training augmentation; auto: the data set's standard (cifar10: crop-flip, "
+                    "others none); crop-flip: 4-pixel padded random crops and horizontal "
+                    "flips; shift: translations of up to 2 pixels, no flips (digits); "
+                    "detection: shift moves images by up to 2 grid cells (32 px) and "
+                    "flip-shift also mirrors half of them (DetectNet's)"})
 
 
 @dataclass

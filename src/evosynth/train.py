@@ -63,10 +63,10 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
                    leave=False, disable=not progress, unit="step")
         for i in bar:
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = data.inputs(idx)
+            x, y = data.inputs(idx), data.y[idx]
             if data.augment is not None:
-                x = data.augment(x, generator)
-            loss = loss_fn(model(x), data.y[idx])
+                x, y = data.augment(x, y, generator)
+            loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if masks:

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from ..config import DataConfig
 from ..errors import UserError
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# a training batch's inputs and targets, transformed together
+Augment = Callable[[torch.Tensor, torch.Tensor, torch.Generator],
+                   tuple[torch.Tensor, torch.Tensor]]
 Decode = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -139,6 +141,10 @@ def prepare(data: TensorData, cfg: DataConfig, limit: int | None, train: bool) -
         data.augment = None
     elif cfg.augment != "auto":
         from .augment import AUGMENTATIONS
+
+        if cfg.augment not in AUGMENTATIONS:
+            raise UserError(f"data.augment {cfg.augment} is for detection data (kitti); "
+                            f"classification takes {', '.join(AUGMENTATIONS)}")
 
         data.augment = AUGMENTATIONS[cfg.augment]
     return data

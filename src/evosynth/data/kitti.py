@@ -172,14 +172,25 @@ def load_kitti(data_dir: str | None, cfg) -> Loaded:
         raise UserError(f"kitti: images are {h}x{w}; the detector needs multiples of "
                         f"{STRIDE}: set data.size")
 
-    def data(images, objs, limit) -> DetectionData:
+    def data(images, objs, limit, augment=None) -> DetectionData:
         images, objs = images[:limit], objs[:limit]
         y = torch.stack([coder.encode(o.boxes, o.labels, o.ignore, h, w) for o in objs])
-        return DetectionData(images, y, None, Normalize(), objs, classes)
+        return DetectionData(images, y, augment, Normalize(), objs, classes)
 
     task = Detection(coder, classes, strict=("Car",) if "Car" in classes else ())
-    return Loaded(data(x, objects, cfg.train_limit), data(xt, objects_t, cfg.test_limit),
-                  len(classes), task, prepared=True)
+    return Loaded(data(x, objects, cfg.train_limit, _augmentation(cfg.augment, coder)),
+                  data(xt, objects_t, cfg.test_limit), len(classes), task, prepared=True)
+
+
+def _augmentation(name: str, coder):
+    from ..detection.augment import GridAugment
+
+    if name in ("auto", "none"):
+        return None  # auto: none, since the reader cannot tell KITTI from digit scenes
+    if name == "crop-flip":
+        raise UserError("kitti: data.augment crop-flip is for classification; detection "
+                        "takes flip-shift (DetectNet's) or shift (no mirror, e.g. digits)")
+    return GridAugment(coder, flip=name == "flip-shift")
 
 
 def _default_size(folder: Path) -> tuple[int, int] | None:

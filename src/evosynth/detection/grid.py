@@ -35,7 +35,7 @@ class GridCoder:
 
     def encode(self, boxes: torch.Tensor, labels: torch.Tensor, ignore: torch.Tensor,
                height: int, width: int) -> torch.Tensor:
-        """The dense target (5C + 1, h/stride, w/stride) of one image."""
+        """The dense target (``channels``, h/stride, w/stride) of one image."""
         gh, gw = height // self.stride, width // self.stride
         c = self.classes
         t = torch.zeros(5 * c + 2, gh, gw)
