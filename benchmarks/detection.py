@@ -1,7 +1,7 @@
 """DetectNet-small evolved on detection scenes of real MNIST digits, written in KITTI format:
 ancestor mAP@0.5, then per generation mAP, synapses, kernel clusters and wall time.
 
-    python benchmarks/detection.py [--mnist-dir ../shared/data/mnist]     # ~18 min, 2 cores
+    python benchmarks/detection.py [--mnist-dir ../shared/data/mnist]     # ~20 min, 2 cores
     python benchmarks/detection.py --kitti-dir DIR --model detectnet      # real KITTI
 
 The scenes (128x128, 1-4 digits of 24-48 px each, plus DontCare distractors) are written
