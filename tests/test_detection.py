@@ -232,6 +232,7 @@ def test_grid_augment_moves_targets_exactly_with_the_image():
     batch_x, batch_t = img.expand(6, -1, -1, -1), t.expand(6, -1, -1, -1)
     a, b = aug(batch_x, batch_t, g1), aug(batch_x, batch_t, g2)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not all(torch.equal(a[0][0], a[0][i]) for i in range(1, 6))  # drawn per image
 
 
 def test_detectnet_compacts_through_inception_concatenation():
@@ -297,7 +298,8 @@ def test_python_api_evolves_a_detector_with_its_task(tmp_path):
     import evosynth
     from evosynth.config import DataConfig
 
-    loaded = load_kitti(str(tiny_scenes(tmp_path / "k")), DataConfig(classes=["zero", "one"]))
+    loaded = load_kitti(str(tiny_scenes(tmp_path / "k")),
+                        DataConfig(classes=["zero", "one"], augment="flip-shift"))
     torch.manual_seed(0)
     model = detectnet_small(2, (3, 64, 64), width=0.125, blocks=3)
     config = {"encoding": {"granularity": "filter", "cluster_factor": 0.7},
