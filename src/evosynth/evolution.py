@@ -31,8 +31,9 @@ from .rundir import RunDir
 from .tasks import CLASSIFICATION
 from .train import train
 
-HISTORY_KEYS = ("generation", "val_accuracy", "test_accuracy", "synapses", "kernel_clusters",
-                "filters", "synaptic_efficiency", "cluster_efficiency", "wall_seconds")
+# in every record, whatever the task; the task adds val_<metric> and test_<metric>
+HISTORY_KEYS = ("generation", "metric", "synapses", "kernel_clusters", "filters",
+                "synaptic_efficiency", "cluster_efficiency", "wall_seconds")
 
 
 def derive_seed(seed: int, *parts: object) -> int:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..detection.augment import GridAugment
+from ..detection.grid import GridCoder
 from ..errors import UserError
 from . import Loaded, TensorData
 
@@ -149,8 +151,7 @@ TEST_FRACTION = 0.2
 def load_kitti(data_dir: str | None, cfg) -> Loaded:
     """KITTI-format data (or our digit scenes) as a detection task. Without a labelled
     ``testing/`` folder, the last 20% of ``training/`` (in file order) is the test set."""
-    from ..detection.grid import GridCoder
-    from ..detection.task import Detection
+    from ..detection.task import Detection  # it imports this module
 
     if data_dir is None:
         raise UserError("kitti: pass --data-dir with the folder holding training/image_2 and "
@@ -182,9 +183,7 @@ def load_kitti(data_dir: str | None, cfg) -> Loaded:
                   data(xt, objects_t, cfg.test_limit), len(classes), task, prepared=True)
 
 
-def _augmentation(name: str, coder):
-    from ..detection.augment import GridAugment
-
+def _augmentation(name: str, coder: GridCoder) -> GridAugment | None:
     if name in ("auto", "none"):
         return None  # auto: none, since the reader cannot tell KITTI from digit scenes
     if name == "crop-flip":
