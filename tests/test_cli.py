@@ -87,7 +87,7 @@ def test_force_refuses_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys)
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
     code, _, err = cli(monkeypatch, capsys, "evolve", *QUICK, "--force", "--out", precious)
-    assert code == 2 and "not an evosynth run directory" in err
+    assert code == 2 and "is not an evosynth run" in err
     assert (precious / "thesis.tex").read_text() == "years of work"
 
 

@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
 
 from .config import RunConfig, validate
 from .data import Splits, TensorData, load_dataset, split_validation
 from .errors import UserError
-from .evolution import Evolution, EvolutionResult, derive_seed, generator
+from .evolution import Evolution, EvolutionResult
+from .io import read_safetensors
 from .models import build_model
 from .rundir import RunDir
+from .seeding import derive_seed, generator, resolve_device
 from .tasks import Task
 
 DataLike = TensorData | tuple[torch.Tensor, torch.Tensor] | Dataset
@@ -28,7 +29,8 @@ def as_tensor_data(data: DataLike, what: str) -> TensorData:
     """Materialize (x, y) tensors or a map-style Dataset of (x, y) pairs in memory."""
     if isinstance(data, TensorData):
         return data
-    if isinstance(data, tuple) and len(data) == 2:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
+            isinstance(t, torch.Tensor) for t in data):
         x, y = data
     else:
         try:
@@ -37,7 +39,13 @@ def as_tensor_data(data: DataLike, what: str) -> TensorData:
             raise UserError(f"{what}: expected (x, y) tensors or a Dataset of pairs") from exc
         x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
         y = torch.as_tensor([int(p[1]) for p in pairs])
-    x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+    y = torch.as_tensor(y)
+    if y.is_floating_point() and y.dim() > 1:
+        raise UserError(f"{what}: labels of shape {tuple(y.shape)} look one-hot or soft; "
+                        "pass class indices (y.argmax(1))")
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise UserError(f"{what}: labels must be class indices, these have fractions")
+    x, y = torch.as_tensor(x, dtype=torch.float32), y.to(torch.int64)
     if len(x) != len(y):
         raise UserError(f"{what}: {len(x)} inputs but {len(y)} labels")
     return TensorData(x, y)
@@ -58,6 +66,11 @@ def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = 
     cross-entropy and accuracy); a task's data must be ``TensorData`` in its own format,
     e.g. ``load_kitti``'s ``DetectionData`` with its ``Detection`` task.
     """
+    if config is not None and not isinstance(config, (RunConfig, dict)):
+        raise UserError(f"config: expected a RunConfig or a dict of settings, "
+                        f"got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model: expected an nn.Module, got {type(model).__name__}")
     cfg = config if isinstance(config, RunConfig) else validate(dict(config or {}))
 
     def own(data: DataLike, what: str) -> TensorData:
@@ -102,17 +115,38 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False,
         log: Callable[[str], None] = print, progress: bool = True) -> EvolutionResult:
     """A registry model on a registry data set, as ``evosynth evolve`` runs it."""
     model, data = _from_config(cfg)  # fails on bad model/data before the directory is touched
-    ancestor = None
-    if cfg.ancestor_weights is not None:
-        p = Path(cfg.ancestor_weights)
-        if not p.is_file():
-            raise UserError(f"ancestor weights {p} do not exist")
-        ancestor = load_file(str(p))
+    ancestor = _ancestor_state(cfg)
     rd = RunDir(out)
     rd.create(cfg, force=force)
     evo = Evolution(cfg, model, data, rd, log=log, progress=progress)
     evo.start(ancestor_state=ancestor)
     return evo.run_all()
+
+
+def _ancestor_state(cfg: RunConfig) -> dict[str, torch.Tensor] | None:
+    if cfg.ancestor_weights is None:
+        return None
+    p = Path(cfg.ancestor_weights)
+    if not p.is_file():
+        raise UserError(f"ancestor weights {p} do not exist")
+    return read_safetensors(p, "ancestor_weights must be a safetensors state dict")
+
+
+def _match_environment(rd: RunDir, log: Callable[[str], None]) -> None:
+    """Resume under the thread count the run recorded: another one changes float sums, and
+    so the weights, from the next generation on."""
+    env = rd.environment()
+    threads = env.get("threads")
+    if not isinstance(threads, int):
+        log(f"warning: {rd.path} recorded no thread count; resuming with "
+            f"{torch.get_num_threads()}, which may change the results")
+    elif threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        log(f"resuming with {threads} threads, as the run was started")
+    device = env.get("device")
+    if device and device != str(resolve_device(rd.config().device)):
+        log(f"warning: the run was started on {device}; continuing on "
+            f"{resolve_device(rd.config().device)} may change the results")
 
 
 def load_run(run_dir: str | Path, generation: int | None = None):
@@ -134,14 +168,77 @@ def load_run(run_dir: str | Path, generation: int | None = None):
     return model.eval(), genome, cfg, data.train.inputs(slice(0, 8))
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_settings(out: str | Path, given: RunConfig, whole: bool,
+                          keys: list[str]) -> None:
+    """``evolve --resume`` continues the run as it was configured: settings given with it
+    that differ from the run's are refused by name, never silently ignored."""
+    from .config import to_dict
+
+    run = _flat(to_dict(RunDir(out).config()))
+    new = _flat(to_dict(given))
+    names = sorted(run) if whole else [k for k in keys if k in run]
+    differ = [k for k in names if run.get(k) != new.get(k)]
+    if differ:
+        shown = ", ".join(f"{k} (run: {run.get(k)!r}, given: {new.get(k)!r})"
+                          for k in differ[:3])
+        raise UserError(f"--resume continues the run as configured, but these settings "
+                        f"differ: {shown}; drop them, or start a new run")
+
+
+def export_run(run_dir: str | Path, fmt: str = "onnx", generation: int | None = None,
+               out: str | Path | None = None, force: bool = False) -> tuple[list[Path], str]:
+    """Write a generation's compact network; returns the files written and a note. Never
+    writes over the run's own files, a folder, or (without ``force``) any existing file."""
+    from .compact import compact
+    from .export import FORMATS, export_onnx, export_safetensors
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    rd = RunDir(run_dir)
+    g = generation if generation is not None else rd.best_generation()
+    out = Path(out) if out is not None else rd.export_path(g, fmt)
+    targets = [out] + ([out.with_suffix(".json")] if fmt == "safetensors" else [])
+    if len(set(targets)) < len(targets):
+        raise UserError(f"--out {out}: its JSON description would overwrite it; name the "
+                        "weights file *.safetensors")
+    for t in targets:
+        if t.is_dir():
+            raise UserError(f"--out {out}: {t} is a folder; name a file")
+        if rd.owns(t):
+            raise UserError(f"--out {out}: {t} is one of the run's own files")
+        if (t.exists() or t.is_symlink()) and not force:
+            raise UserError(f"{t} exists; pass --force to overwrite it")
+    model, genome, cfg, example = load_run(run_dir, g)
+    small = compact(model, example, genome.masks, tuple(cfg.encoding.exclude)).model
+    if fmt == "onnx":
+        diff = export_onnx(small, example, out)
+        return targets, f" (onnxruntime vs PyTorch: max abs diff {diff:.1e})"
+    meta = {"model": cfg.model, "model_args": cfg.model_args, "generation": g,
+            "input_shape": list(example.shape[1:]), "source": str(run_dir)}
+    export_safetensors(small, out, meta)
+    return targets, ""
+
+
 def resume(out: str | Path, log: Callable[[str], None] = print, progress: bool = True
            ) -> EvolutionResult:
     """Continue a run from its last complete generation, exactly as if never stopped."""
     rd = RunDir(out)
     cfg = rd.config()
+    _match_environment(rd, log)
     model, data = _from_config(cfg)
     evo = Evolution(cfg, model, data, rd, log=log, progress=progress)
-    evo.restore()
-    if evo.finished():
+    if not evo.restore():  # killed before the ancestor was recorded: continue its training
+        evo.start(ancestor_state=_ancestor_state(cfg))
+    elif evo.finished():
         log(f"{rd.path}: already finished at generation {evo.history[-1]['generation']}")
     return evo.run_all()

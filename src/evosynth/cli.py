@@ -11,6 +11,14 @@ import typer
 
 from .errors import UserError
 
+# Click's error base, found through a public typer class: typer vendors click in recent
+# releases and depends on it in older ones
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: the run directory it left, to say how to continue."""
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evolutionary synthesis of small, fast deep neural networks.")
 
@@ -52,10 +60,17 @@ def evolve(
     cfg = load_config(config, overrides)
     if resume and force:
         raise UserError("--resume and --force contradict each other; pick one")
-    if resume and (out / "config.yaml").is_file():
-        api.resume(out, progress=progress)
-    else:
-        api.run(cfg, out, force=force, progress=progress)
+    from .rundir import RunDir
+
+    try:
+        if resume and RunDir(out).config_path.is_file():
+            api.check_resume_settings(out, cfg, config is not None,
+                                      [k for k, v in overrides.items() if v is not None])
+            api.resume(out, progress=progress)
+        else:
+            api.run(cfg, out, force=force, progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted(out) from None
     _show(out)
 
 
@@ -67,17 +82,18 @@ def resume_cmd(
     """Continue a run from its last complete generation (same seeds, same result)."""
     from . import api
 
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} does not exist")
-    api.resume(run_dir, progress=progress)
+    _existing_run(run_dir)
+    try:
+        api.resume(run_dir, progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
     _show(run_dir)
 
 
 @app.command()
 def show(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     """Print the per-generation table of a run."""
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} does not exist")
+    _existing_run(run_dir)
     _show(run_dir)
 
 
@@ -86,31 +102,15 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="run directory")],
     format: Annotated[str, typer.Option("--format", help="onnx or safetensors")] = "onnx",
     generation: Annotated[int | None, typer.Option(help="default: the run's best")] = None,
-    out: Annotated[Path | None, typer.Option(help="output file")] = None,
+    out: Annotated[Path | None, typer.Option(help="output file (default: in the run)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out")] = False,
 ) -> None:
     """Write a generation's compact network (dead filters and channels removed)."""
-    from .api import load_run
-    from .compact import compact
-    from .export import FORMATS, export_onnx, export_safetensors
+    from .api import export_run
 
-    if format not in FORMATS:
-        raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} does not exist")
-    model, genome, cfg, example = load_run(run_dir, generation)
-    from .rundir import RunDir
-
-    g = generation if generation is not None else RunDir(run_dir).best_generation()
-    small = compact(model, example, genome.masks, tuple(cfg.encoding.exclude)).model
-    out = out or run_dir / f"compact-gen{g}.{'onnx' if format == 'onnx' else 'safetensors'}"
-    if format == "onnx":
-        diff = export_onnx(small, example, out)
-        typer.echo(f"wrote {out} (onnxruntime vs PyTorch: max abs diff {diff:.1e})")
-    else:
-        meta = {"model": cfg.model, "model_args": cfg.model_args, "generation": g,
-                "input_shape": list(example.shape[1:]), "source": str(run_dir)}
-        export_safetensors(small, out, meta)
-        typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
+    _existing_run(run_dir)
+    written, note = export_run(run_dir, format, generation, out, force)
+    typer.echo(f"wrote {', '.join(map(str, written))}{note}")
 
 
 @app.command()
@@ -144,6 +144,13 @@ def scenes(
                + ", ".join(NAMES[d] for d in wanted))
 
 
+def _existing_run(run_dir: Path) -> None:
+    if not run_dir.exists():
+        raise UserError(f"{run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a run directory")
+
+
 def _show(run_dir: Path) -> None:
     from .report import history_table
     from .rundir import RunDir
@@ -152,16 +159,44 @@ def _show(run_dir: Path) -> None:
     typer.echo(history_table(rd.history(), rd.summary()))
 
 
-def main() -> None:
+def _usage_line(exc: Exception) -> str:
+    """Click's usage errors (a box of several lines under typer) as one line."""
+    msg = " ".join(exc.format_message().split())
+    param = getattr(exc, "param", None)
+    if param is not None and getattr(param, "opts", None) and ": " in msg:
+        msg = f"{param.opts[0]}: " + msg.split(": ", 1)[-1]
+    return msg
+
+
+def main(argv: list[str] | None = None) -> None:
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)
     except UserError as exc:
-        typer.echo(f"evosynth: error: {exc}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("evosynth: interrupted; 'evosynth resume RUN_DIR' continues from the last "
-                   "complete generation", err=True)
+        _fail(str(exc))
+    except _CLICK_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare ``evosynth``: the help
+            typer.echo(exc.ctx.get_help() if exc.ctx else "evosynth --help", err=True)
+            sys.exit(2)
+        _fail(_usage_line(exc))
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("evosynth: interrupted", err=True)
         sys.exit(130)
+    except Interrupted as exc:
+        typer.echo(f"evosynth: interrupted; 'evosynth resume {exc}' continues", err=True)
+        sys.exit(130)
+    except PermissionError as exc:
+        _fail(f"permission denied: {exc.filename}")
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}")
+    if code == 130:  # Ctrl-C outside a run (typer turns it into exit code 130)
+        typer.echo("evosynth: interrupted", err=True)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"evosynth: error: {' '.join(message.split())}", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

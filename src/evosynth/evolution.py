@@ -8,11 +8,11 @@ one would have done.
 from __future__ import annotations
 
 import copy
-import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,35 +27,15 @@ from .encoding import make_encoding
 from .errors import UserError
 from .genome import Genome, apply_param_masks
 from .graph import Coupling
+from .io import read_safetensors, save_safetensors
 from .rundir import RunDir
+from .seeding import generator, resolve_device
 from .tasks import CLASSIFICATION
 from .train import train
 
 # in every record, whatever the task; the task adds val_<metric> and test_<metric>
 HISTORY_KEYS = ("generation", "metric", "synapses", "kernel_clusters", "filters",
                 "synaptic_efficiency", "cluster_efficiency", "wall_seconds")
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """Independent, stable seeds for each purpose and generation."""
-    digest = hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def generator(seed: int, *parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(seed, *parts))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but CUDA is not available")
-    return dev
 
 
 def reinitialize(model: nn.Module, layers: dict[str, Layer], gen: torch.Generator) -> None:
@@ -74,6 +54,29 @@ def reinitialize(model: nn.Module, layers: dict[str, Layer], gen: torch.Generato
 
 
 @dataclass
+class Fitness:
+    """An offspring's validation score (higher is better) and the task's details."""
+
+    value: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Offspring:
+    """A trained offspring: its network, its masks and how it did."""
+
+    index: int
+    model: nn.Module
+    genome: Genome
+    fitness: Fitness
+
+    @property
+    def rank(self) -> tuple[float, int]:
+        """Higher is better: fitness first, then fewer synapses."""
+        return self.fitness.value, -self.genome.synapses()
+
+
+@dataclass
 class EvolutionResult:
     history: list[dict[str, Any]]
     best_generation: int
@@ -89,6 +92,9 @@ class Evolution:
         self.log, self.progress = log, progress
         self.device = resolve_device(cfg.device)
         self.layers = prunable_layers(model, cfg.encoding.exclude)
+        self.task = data.task or CLASSIFICATION
+        self.val_key = f"val_{self.task.metric}"
+        check_data(model, data, self.task)
         example = data.train.inputs(slice(0, 2))
         self.coupling = (Coupling.build(copy.deepcopy(model).cpu().eval(), example.cpu(),
                                         self.layers)
@@ -99,8 +105,6 @@ class Evolution:
         self.protected = ({self.encoding.output_layer}
                           if cfg.encoding.protect_output and self.encoding.output_layer else set())
         self.history: list[dict[str, Any]] = []
-        self.task = data.task or CLASSIFICATION
-        self.val_key = f"val_{self.task.metric}"
 
     # -- one step of each kind --------------------------------------------------------------
     def _compact(self, model: nn.Module, genome: Genome):
@@ -108,21 +112,23 @@ class Evolution:
         return compact(model, example, genome.masks, tuple(self.cfg.encoding.exclude))
 
     def _train(self, model: nn.Module, genome: Genome, train_cfg, gen: torch.Generator,
-               desc: str) -> float:
+               desc: str, tag: str) -> Fitness:
+        """Train (resuming from the phase's checkpoint if one exists) and evaluate."""
         pm = self.coupling.param_masks(model, genome.masks)
         apply_param_masks(model, pm)
         if train_cfg is not None and train_cfg.epochs:
+            ckpt = self.run.checkpoint_path(tag)
             c = self._compact(model, genome) if self.cfg.evolution.compact_training else None
             if c is not None and c.folded == 0:
                 # dead channels carry exact zeros, so the compact network trains the same
                 # function with the same gradients on the live entries, only cheaper
                 train(c.model, self.data.train, train_cfg, c.compact_masks(pm), gen,
-                      self.device, desc, self.progress, self.task.loss)
+                      self.device, desc, self.progress, self.task.loss, ckpt)
                 c.expand_into(model)
             else:
                 train(model, self.data.train, train_cfg, pm, gen, self.device, desc,
-                      self.progress, self.task.loss)
-        return self.task.evaluate(model, self.data.val, self.device)
+                      self.progress, self.task.loss, ckpt)
+        return Fitness(*self.task.evaluate(model, self.data.val, self.device))
 
     def _costs(self, model: nn.Module, genome: Genome) -> dict[str, Any]:
         mc = self.cfg.measure
@@ -143,21 +149,21 @@ class Evolution:
         alive, total = self.coupling.tied_channels(genome.masks)
         return {"coupled_channels": alive, "dense_coupled_channels": total}
 
-    def _record(self, g: int, model: nn.Module, genome: Genome,
-                val: tuple[float, dict[str, Any]], offspring_val: list[float], seconds: float
-                ) -> dict[str, Any]:
+    def _record(self, g: int, model: nn.Module, genome: Genome, fit: Fitness,
+                offspring_fitness: list[float], seconds: float) -> dict[str, Any]:
         stats = genome.stats(self.cfg.encoding.granularity)
         anc = self.history[0] if self.history else stats
-        test = (self.task.evaluate(model, self.data.test, self.device) if self.data.test
-                else (None, {}))
+        test = (Fitness(*self.task.evaluate(model, self.data.test, self.device))
+                if self.data.test else Fitness(None))
         metric = self.task.metric
+        floor = self.floor(fit.value if g == 0 else self.history[0][self.val_key])
         rec = {
             "generation": g,
             "metric": metric,
-            f"val_{metric}": val[0],
-            f"test_{metric}": test[0],
-            **{f"val_{k}": v for k, v in val[1].items()},
-            **{f"test_{k}": v for k, v in test[1].items()},
+            f"val_{metric}": fit.value,
+            f"test_{metric}": test.value,
+            **{f"val_{k}": v for k, v in fit.details.items()},
+            **{f"test_{k}": v for k, v in test.details.items()},
             "synapses": stats["synapses"],
             "dense_synapses": stats["dense_synapses"],
             "kernel_clusters": stats["kernel_clusters"],
@@ -171,19 +177,21 @@ class Evolution:
             "filter_efficiency": anc["filters"] / max(1, stats["filters"]),
             **self._tied(genome),
             **self._costs(model, genome),
-            "meets_floor": val[0] >= self.floor(val[0] if g == 0 else None),
-            f"offspring_val_{metric}": offspring_val,
+            "meets_floor": fit.value >= floor,
+            f"offspring_val_{metric}": offspring_fitness,
             "wall_seconds": seconds,
             "layers": stats["layers"],
         }
         self.history.append(rec)
         self.run.write_generation(g, model, genome, rec)
+        self.run.clear_checkpoints()
         self.run.write_history(self.history)
         self.run.write_summary(self.summary())
         self.log(format_record(rec))
         return rec
 
     def floor(self, ancestor_val: float | None = None) -> float:
+        """The validation score every generation must hold, from the ancestor's."""
         ev = self.cfg.evolution
         anc = ancestor_val if ancestor_val is not None else self.history[0][self.val_key]
         floor = -math.inf
@@ -214,7 +222,8 @@ class Evolution:
 
     # -- the loop ---------------------------------------------------------------------------
     def start(self, ancestor_state: dict[str, torch.Tensor] | None = None) -> None:
-        """Generation 0: train (or load) the ancestor and record it."""
+        """Generation 0: train (or load) the ancestor and record it. After a kill during
+        ancestor training, the same call continues from its last epoch."""
         t0 = time.perf_counter()
         self.run.save_tensors("ancestor_init.safetensors", self.model.state_dict())
         genome = Genome.dense(self.model, self.layers)
@@ -226,58 +235,92 @@ class Evolution:
                                 f"{str(exc).splitlines()[0]}") from None
             genome = Genome.from_weights(self.model, self.layers)
         train_cfg = None if ancestor_state is not None else self.cfg.ancestor_train
-        val = self._train(self.model, genome, train_cfg, generator(self.cfg.seed, "ancestor"),
-                          "ancestor")
+        fit = self._train(self.model, genome, train_cfg, generator(self.cfg.seed, "ancestor"),
+                          "ancestor", "gen0-0")
         self.genome = genome
-        self._record(0, self.model, genome, val, [val[0]], time.perf_counter() - t0)
+        self._record(0, self.model, genome, fit, [fit.value], time.perf_counter() - t0)
 
-    def restore(self) -> None:
-        """Load the last complete generation as the parent (``evosynth resume``)."""
+    def restore(self) -> bool:
+        """Load the last complete generation as the parent (``evosynth resume``); False
+        when none is complete yet (the ancestor is still to finish: call ``start``)."""
+        self.run.clean_temporaries()
         done = self.run.complete_generations()
         if not done:
-            raise UserError(f"{self.run.path} has no complete generation to resume from; "
-                            "start it again with --force")
-        self.history = [self.run.read_metrics(g) for g in done]
+            return False
+        required = (*HISTORY_KEYS, self.val_key, "meets_floor")
+        self.history = [self.run.read_metrics(g, required) for g in done]
         self.genome = self.run.load_generation(done[-1], self.model, self.layers)
+        self.run.clear_checkpoints(upto=done[-1])
         self.run.write_history(self.history)
         self.run.write_summary(self.summary())
+        return True
 
     def finished(self) -> bool:
         last = self.history[-1]
         return (last["generation"] >= self.cfg.evolution.generations
                 or (last["generation"] > 0 and not last["meets_floor"]))
 
-    def step(self) -> dict[str, Any]:
-        """One generation: sample, train and evaluate each offspring; keep the best."""
-        g = self.history[-1]["generation"] + 1
-        t0 = time.perf_counter()
+    def breed(self, g: int, k: int, n_offspring: int) -> Offspring:
+        """Offspring ``k`` of generation ``g``: sample its masks from the parent, set its
+        weights, train it under its masks and evaluate it. Depends only on the parent, the
+        generation, ``k`` and the run seed."""
         ev, seed = self.cfg.evolution, self.cfg.seed
         parent_w = {n: m.weight.detach() for n, m in self.model.named_modules()
                     if n in self.layers}
-        init = (self.run.load_tensors("ancestor_init.safetensors")
-                if ev.weights == "rewind" else None)
-        best = None
-        vals = []
-        n_offspring = int(schedule_at(ev.offspring, g))
-        for k in range(n_offspring):
-            masks = self.encoding.sample(parent_w, self.genome.masks, g,
-                                         generator(seed, "sample", g, k))
-            masks = self.coupling.propagate(masks, self.protected, tie=self.tie)
-            child = copy.deepcopy(self.model)
-            if ev.weights == "scratch":
-                reinitialize(child, self.layers, generator(seed, "scratch", g, k))
-            elif ev.weights == "rewind":
-                child.load_state_dict(init)
-            genome = Genome(self.layers, masks)
-            val = self._train(child, genome, self.cfg.train, generator(seed, "train", g, k),
-                              f"gen {g}" + (f".{k}" if n_offspring > 1 else ""))
-            vals.append(val[0])
-            syn = genome.stats("filter")["synapses"]
-            if best is None or (val[0], -syn) > (best[0][0], -best[1]):
-                best = (val, syn, child, genome)
-        val, _, child, genome = best
-        self.model, self.genome = child, genome
-        return self._record(g, child, genome, val, vals, time.perf_counter() - t0)
+        masks = self.encoding.sample(parent_w, self.genome.masks, g,
+                                     generator(seed, "sample", g, k))
+        masks = self.coupling.propagate(masks, self.protected, tie=self.tie)
+        child = copy.deepcopy(self.model)
+        if ev.weights == "scratch":
+            reinitialize(child, self.layers, generator(seed, "scratch", g, k))
+        elif ev.weights == "rewind":
+            child.load_state_dict(self.run.load_tensors("ancestor_init.safetensors"))
+        genome = Genome(self.layers, masks)
+        fit = self._train(child, genome, self.cfg.train, generator(seed, "train", g, k),
+                          f"gen {g}" + (f".{k}" if n_offspring > 1 else ""), f"gen{g}-{k}")
+        return Offspring(k, child, genome, fit)
+
+    def step(self) -> dict[str, Any]:
+        """One generation: breed each offspring; keep the best (resuming mid-generation from
+        the best so far and the scores of those already bred)."""
+        g = self.history[-1]["generation"] + 1
+        t0 = time.perf_counter()
+        n_offspring = int(schedule_at(self.cfg.evolution.offspring, g))
+        best, scores = self._load_progress(g)
+        for k in range(len(scores), n_offspring):
+            child = self.breed(g, k, n_offspring)
+            scores.append(child.fitness.value)
+            if best is None or child.rank > best.rank:
+                best = child
+            if n_offspring > 1:
+                self._save_progress(g, best, scores)
+        self.model, self.genome = best.model, best.genome
+        return self._record(g, best.model, best.genome, best.fitness, scores,
+                            time.perf_counter() - t0)
+
+    def _save_progress(self, g: int, best: Offspring, scores: list[float]) -> None:
+        tensors = {**{f"weights/{k}": v for k, v in best.model.state_dict().items()},
+                   **{f"masks/{k}": v.to(torch.uint8) for k, v in best.genome.masks.items()}}
+        meta = {"scores": scores, "index": best.index, "value": best.fitness.value,
+                "details": best.fitness.details}
+        save_safetensors(tensors, self.run.checkpoint_path(f"gen{g}-best"),
+                         metadata={"evosynth": json.dumps(meta)})
+
+    def _load_progress(self, g: int) -> tuple[Offspring | None, list[float]]:
+        path = self.run.checkpoint_path(f"gen{g}-best")
+        if not path.is_file():
+            return None, []
+        from safetensors import safe_open
+
+        tensors = read_safetensors(path)
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["evosynth"])
+        model = copy.deepcopy(self.model)
+        model.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("weights/")})
+        masks = {k[6:]: v.bool() for k, v in tensors.items() if k.startswith("masks/")}
+        best = Offspring(meta["index"], model, Genome(self.layers, masks),
+                         Fitness(meta["value"], meta["details"]))
+        return best, list(meta["scores"])
 
     def run_all(self) -> EvolutionResult:
         while not self.finished():
@@ -289,6 +332,36 @@ class Evolution:
         model = copy.deepcopy(self.model)
         genome = self.run.load_generation(best_g, model, self.layers)
         return EvolutionResult(self.history, best_g, model, genome, self.run)
+
+
+def check_data(model: nn.Module, data: Splits, task) -> None:
+    """Seconds, not hours: refuse data the model cannot take before the ancestor trains."""
+    shape = tuple(data.train.x.shape[1:])
+    for name, split in (("validation", data.val), ("test", data.test)):
+        if split is not None and tuple(split.x.shape[1:]) != shape:
+            raise UserError(f"{name} inputs have shape {tuple(split.x.shape[1:])}, training "
+                            f"inputs {shape}")
+    for name, split in (("training", data.train), ("validation", data.val),
+                        ("test", data.test)):
+        if split is not None and split.x.is_floating_point() and not bool(
+                torch.isfinite(split.x).all()):
+            raise UserError(f"the {name} inputs hold NaN or infinite values")
+    x, y = data.train.inputs(slice(0, 2)), data.train.y[:2]
+    probe = copy.deepcopy(model).cpu().eval()
+    try:
+        with torch.no_grad():
+            out = probe(x.cpu())
+            task.loss(out, y.cpu())
+    except Exception as exc:  # any failure here is the data not fitting the model
+        raise UserError(f"the model cannot take the training data ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+                        ) from None
+    check = getattr(task, "check_targets", None)
+    if check is not None:
+        for name, split in (("training", data.train), ("validation", data.val),
+                            ("test", data.test)):
+            if split is not None:
+                check(out, split.y, name)
 
 
 def format_record(r: dict[str, Any]) -> str:

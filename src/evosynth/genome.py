@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from .clusters import Layer, live_clusters, live_filters
 from .errors import UserError
-from .io import save_safetensors
+from .io import read_safetensors, save_safetensors
 
 
 @dataclass
@@ -31,6 +30,9 @@ class Genome:
         """Masks from the zeros a (pre-pruned) model already has."""
         modules = dict(model.named_modules())
         return cls(layers, {n: modules[n].weight.detach() != 0 for n in layers})
+
+    def synapses(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks.values()))
 
     def stats(self, granularity: str) -> dict[str, Any]:
         """Synapse, cluster and filter counts, overall and per layer."""
@@ -57,7 +59,7 @@ class Genome:
 
     @classmethod
     def load(cls, path: Path, layers: dict[str, Layer]) -> Genome:
-        raw = load_file(str(path))
+        raw = read_safetensors(path)
         if set(raw) != set(layers):
             raise UserError(f"{path}: masks for {sorted(raw)} do not match the model's "
                             f"prunable layers {sorted(layers)}")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import load_training, save_training
 from .config import TrainConfig
 from .data import TensorData
+from .io import fault_point
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -38,13 +41,14 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
           param_masks: dict[str, torch.Tensor], generator: torch.Generator,
           device: torch.device, desc: str = "train", progress: bool = True,
-          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
-          ) -> float:
+          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+          checkpoint: Path | None = None) -> float:
     """Train in place; returns the last epoch's mean loss.
 
     Masked entries get zero gradient before the step (so momentum and Adam moments never
     see them) and are re-zeroed after it (so weight decay cannot revive them): a dead
-    synapse stays exactly zero through any optimizer.
+    synapse stays exactly zero through any optimizer. With ``checkpoint``, the whole state
+    is saved after every epoch and training continues from it if it exists, exactly.
     """
     model.to(device).train()
     params = dict(model.named_parameters())
@@ -55,8 +59,11 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total))
     data = data.to(device)
-    loss_sum = 0.0
-    for epoch in range(cfg.epochs):
+    loss_sum, start = 0.0, 0
+    if checkpoint is not None and checkpoint.is_file():
+        start, extra = load_training(checkpoint, model, opt, sched, generator)
+        loss_sum = extra.get("loss", 0.0)
+    for epoch in range(start, cfg.epochs):
         perm = torch.randperm(len(data), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
         bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
@@ -79,6 +86,10 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
                     torch._foreach_mul_(masked, masks)
             loss_sum += loss.detach()
         loss_sum = float(loss_sum) / steps_per_epoch
+        if checkpoint is not None:
+            save_training(checkpoint, model, opt, sched, generator, epoch + 1,
+                          {"loss": loss_sum})
+        fault_point("epoch")
     return float(loss_sum)
 
 
