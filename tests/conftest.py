@@ -75,3 +75,19 @@ def write_fake_cifar(folder: Path, per_batch: int = 40, n_test: int = 60, tarbal
 @pytest.fixture
 def fake_cifar(tmp_path) -> Path:
     return write_fake_cifar(tmp_path / "cifar")
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """The ``evosynth`` command in this process: (exit code, stdout, stderr)."""
+    from evosynth.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    """Every file under ``folder`` with its bytes: what must not change."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}

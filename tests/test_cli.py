@@ -6,23 +6,14 @@ import sys
 
 import pytest
 
-from evosynth.cli import main
+from .conftest import run_cli, snapshot
 
 QUICK = ["--model", "lenet300", "--dataset", "digits", "--generations", "1", "--epochs", "1",
          "--ancestor-epochs", "1", "--no-progress"]
 
 
 def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["evosynth", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return run_cli(capsys, *args)
 
 
 @pytest.fixture

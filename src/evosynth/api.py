@@ -94,9 +94,9 @@ def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = 
         num_classes = len(getattr(task, "classes", ()))
     splits = Splits(train, val, test, num_classes, task)
     rd = RunDir(run_dir if run_dir is not None else tempfile.mkdtemp(prefix="evosynth-"))
-    rd.create(cfg, force=force or run_dir is None)
     model = copy.deepcopy(model)
-    evo = Evolution(cfg, model, splits, rd, log=log, progress=progress)
+    evo = Evolution(cfg, model, splits, rd, log=log, progress=progress)  # checks the data
+    rd.create(cfg, force=force or run_dir is None)
     evo.start(ancestor_state=model.state_dict() if trained else None)
     return evo.run_all()
 
@@ -117,8 +117,8 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False,
     model, data = _from_config(cfg)  # fails on bad model/data before the directory is touched
     ancestor = _ancestor_state(cfg)
     rd = RunDir(out)
+    evo = Evolution(cfg, model, data, rd, log=log, progress=progress)  # checks the data
     rd.create(cfg, force=force)
-    evo = Evolution(cfg, model, data, rd, log=log, progress=progress)
     evo.start(ancestor_state=ancestor)
     return evo.run_all()
 

@@ -3,6 +3,7 @@ one line."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -185,8 +186,12 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"evosynth: interrupted; 'evosynth resume {exc}' continues", err=True)
         sys.exit(130)
     except PermissionError as exc:
+        if os.environ.get("EVOSYNTH_DEBUG"):  # the traceback, for reports of a bug
+            raise
         _fail(f"permission denied: {exc.filename}")
     except OSError as exc:
+        if os.environ.get("EVOSYNTH_DEBUG"):
+            raise
         where = f": {exc.filename}" if exc.filename else ""
         _fail(f"{exc.strerror or exc}{where}")
     if code == 130:  # Ctrl-C outside a run (typer turns it into exit code 130)

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 
 from .errors import UserError
 
-Factor = Annotated[float, Field(gt=0, le=1)]
+# strict: YAML's `true` is no count, nor 2.5 nor "3"
+Int = Annotated[int, Strict()]
+Factor = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 
 
 def _starts_at_1(phases: dict[int, float]) -> dict[int, float]:
@@ -30,11 +32,11 @@ def _starts_at_1(phases: dict[int, float]) -> dict[int, float]:
 FactorSpec = (Factor | Annotated[list[Factor], Field(min_length=1)]
               | Annotated[dict[int, Factor], AfterValidator(_starts_at_1)])
 Fraction = Annotated[float, Field(ge=0, le=1)]
-Count = Annotated[int, Field(ge=1)]
+Count = Annotated[Int, Field(ge=1)]
 # Offspring per generation: one number, or phases {first generation: count}.
 CountSpec = Count | Annotated[dict[int, Count], AfterValidator(_starts_at_1)]
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass
@@ -81,8 +83,8 @@ class TrainConfig:
     """One training phase: the ancestor's, or each offspring's."""
 
     __pydantic_config__ = _STRICT
-    epochs: Annotated[int, Field(ge=0)] = field(default=2, metadata={"help": "epochs"})
-    batch_size: Annotated[int, Field(ge=1)] = field(default=128, metadata={"help": "batch"})
+    epochs: Annotated[Int, Field(ge=0)] = field(default=2, metadata={"help": "epochs"})
+    batch_size: Annotated[Int, Field(ge=1)] = field(default=128, metadata={"help": "batch"})
     optimizer: Literal["sgd", "adam", "adamw"] = field(default="sgd", metadata={
         "help": "optimizer"})
     lr: Annotated[float, Field(gt=0)] = field(default=0.02, metadata={"help": "peak rate"})
@@ -92,7 +94,7 @@ class TrainConfig:
                 "strength signal the next generation is sampled from"})
     lr_schedule: Literal["constant", "cosine", "step"] = field(default="cosine", metadata={
         "help": "per-step schedule over the phase; step: x0.1 at 50% and 75%"})
-    warmup_steps: Annotated[int, Field(ge=0)] = field(default=0, metadata={
+    warmup_steps: Annotated[Int, Field(ge=0)] = field(default=0, metadata={
         "help": "linear warm-up steps"})
 
 
@@ -101,7 +103,7 @@ class EvolutionConfig:
     """The generational loop."""
 
     __pydantic_config__ = _STRICT
-    generations: Annotated[int, Field(ge=0)] = field(default=10, metadata={
+    generations: Annotated[Int, Field(ge=0)] = field(default=10, metadata={
         "help": "generations after the ancestor"})
     offspring: CountSpec = field(default=1, metadata={
         "help": "offspring sampled and trained per generation (or phases, e.g. {1: 3, 11: 1}); "
@@ -125,16 +127,16 @@ class DataConfig:
     """How the data set is presented to the model."""
 
     __pydantic_config__ = _STRICT
-    size: (Annotated[int, Field(ge=1)] | Annotated[list[Annotated[int, Field(ge=16)]],
+    size: (Annotated[Int, Field(ge=1)] | Annotated[list[Annotated[Int, Field(ge=16)]],
                                                   Field(min_length=2, max_length=2)]
            | None) = field(default=None, metadata={
         "help": "resize images to size x size (bilinear), e.g. 32 for MNIST on CIFAR nets; "
                 "detection: [height, width], multiples of the detector's stride"})
-    channels: Annotated[int, Field(ge=1)] | None = field(default=None, metadata={
+    channels: Annotated[Int, Field(ge=1)] | None = field(default=None, metadata={
         "help": "repeat 1-channel images to this many channels (3: grey digits as RGB)"})
-    train_limit: Annotated[int, Field(ge=2)] | None = field(default=None, metadata={
+    train_limit: Annotated[Int, Field(ge=2)] | None = field(default=None, metadata={
         "help": "use only the first N training examples (before the validation split)"})
-    test_limit: Annotated[int, Field(ge=1)] | None = field(default=None, metadata={
+    test_limit: Annotated[Int, Field(ge=1)] | None = field(default=None, metadata={
         "help": "use only the first N test examples"})
     classes: list[str] | None = field(default=None, metadata={
         "help": "detection: the object classes to detect (kitti: Car, Pedestrian, Cyclist)"})
@@ -154,9 +156,9 @@ class MeasureConfig:
     __pydantic_config__ = _STRICT
     costs: bool = field(default=True, metadata={
         "help": "record compact_params, compact_macs, model_bytes and latency_ms"})
-    latency_batch: Annotated[int, Field(ge=1)] = field(default=256, metadata={
+    latency_batch: Annotated[Int, Field(ge=1)] = field(default=256, metadata={
         "help": "batch size of the latency measurement"})
-    latency_repeats: Annotated[int, Field(ge=1)] = field(default=10, metadata={
+    latency_repeats: Annotated[Int, Field(ge=1)] = field(default=10, metadata={
         "help": "timed forward passes (median reported) after 3 warm-up passes"})
 
 
@@ -171,7 +173,7 @@ class RunConfig:
     dataset: str = field(default="mnist", metadata={"help": "registry name"})
     data_dir: str | None = field(default=None, metadata={"help": "where the data lies"})
     data: DataConfig = field(default_factory=DataConfig)
-    seed: int = field(default=0, metadata={"help": "every random draw derives from it"})
+    seed: Int = field(default=0, metadata={"help": "every random draw derives from it"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     ancestor_weights: str | None = field(default=None, metadata={
         "help": "safetensors state dict of a trained ancestor: skip ancestor training. "
@@ -225,7 +227,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if not p.is_file():
             raise UserError(f"config file {p} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{p}: not a text file (not UTF-8)") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark else ""

@@ -348,20 +348,24 @@ def check_data(model: nn.Module, data: Splits, task) -> None:
             raise UserError(f"the {name} inputs hold NaN or infinite values")
     x, y = data.train.inputs(slice(0, 2)), data.train.y[:2]
     probe = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        out = _probe(lambda: probe(x.cpu()))
+        check = getattr(task, "check_targets", None)
+        if check is not None:
+            for name, split in (("training", data.train), ("validation", data.val),
+                                ("test", data.test)):
+                if split is not None:
+                    check(out, split.y, name)
+        _probe(lambda: task.loss(out, y.cpu()))
+
+
+def _probe(step: Callable[[], Any]) -> Any:
     try:
-        with torch.no_grad():
-            out = probe(x.cpu())
-            task.loss(out, y.cpu())
+        return step()
     except Exception as exc:  # any failure here is the data not fitting the model
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise UserError(f"the model cannot take the training data ({type(exc).__name__}: "
-                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
-                        ) from None
-    check = getattr(task, "check_targets", None)
-    if check is not None:
-        for name, split in (("training", data.train), ("validation", data.val),
-                            ("test", data.test)):
-            if split is not None:
-                check(out, split.y, name)
+                        f"{why})") from None
 
 
 def format_record(r: dict[str, Any]) -> str:

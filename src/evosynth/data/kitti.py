@@ -61,7 +61,11 @@ class Normalize:
 def parse_label_file(path: Path, classes: tuple[str, ...]) -> tuple[list, list, list]:
     """(boxes, class indices, DontCare boxes) of one label file, in its image's pixels."""
     boxes, labels, ignore = [], [], []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text label file (not UTF-8)") from None
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         f = line.split()
@@ -72,6 +76,8 @@ def parse_label_file(path: Path, classes: tuple[str, ...]) -> tuple[list, list, 
         except ValueError:
             raise UserError(f"{path}:{n}: the box (fields 5-8) must be numbers: "
                             f"{' '.join(f[4:8])}") from None
+        if not all(np.isfinite((x1, y1, x2, y2))):
+            raise UserError(f"{path}:{n}: the box {' '.join(f[4:8])} is not finite")
         if not (x2 >= x1 and y2 >= y1):
             raise UserError(f"{path}:{n}: box {x1} {y1} {x2} {y2} has x2 < x1 or y2 < y1")
         if f[0] == "DontCare":

@@ -36,7 +36,6 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 
 def _download(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     for stem, md5 in FILES.items():
         if _find(folder, stem):
             continue
@@ -50,6 +49,7 @@ def _download(folder: Path) -> None:
                 continue
             if hashlib.md5(gzip.decompress(blob)).hexdigest() != md5:
                 raise UserError(f"downloaded {stem}.gz fails its md5 check; not saved")
+            folder.mkdir(parents=True, exist_ok=True)  # only once there is a file to keep
             tmp = folder / f".{stem}.gz.part"
             tmp.write_bytes(blob)
             os.replace(tmp, folder / f"{stem}.gz")
@@ -62,6 +62,9 @@ def _download(folder: Path) -> None:
 
 def _folder(data_dir: str | None) -> Path:
     folder = Path(data_dir or os.environ.get("EVOSYNTH_MNIST", DEFAULT_DIR)).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--data-dir {folder} is a file; name the folder holding the MNIST "
+                        "files")
     if not all(_find(folder, s) for s in FILES):
         _download(folder)
     return folder
