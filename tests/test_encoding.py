@@ -8,8 +8,9 @@ from evosynth.clusters import cluster_view, prunable_layers
 from evosynth.config import EncodingConfig, validate
 from evosynth.encoding import make_encoding, survival_probability
 from evosynth.errors import UserError
-from evosynth.evolution import generator
+from evosynth.graph import Coupling
 from evosynth.models.lenet import LeNet5
+from evosynth.seeding import generator
 
 
 def strengths(n=1000, seed=0):
@@ -50,12 +51,15 @@ def test_budget_mode_keeps_convex_paper_shape():
     assert float(ratio.std() / ratio.mean()) < 1e-9
 
 
-def lenet_and_encoding(**enc):
+def lenet_and_encoding(coupled=False, **enc):
+    """LeNet-5 and an encoding; per-layer budgets of own strength unless ``enc`` says."""
     torch.manual_seed(0)
     model = LeNet5()
     layers = prunable_layers(model)
-    cfg = validate({"encoding": enc}).encoding
-    return model, layers, make_encoding(cfg, layers)
+    cfg = validate({"encoding": {"normalization": "budget", "strength": "own",
+                                 "granularity": "kernel", **enc}}).encoding
+    coupling = Coupling.build(model, torch.randn(2, 1, 28, 28), layers) if coupled else None
+    return model, layers, make_encoding(cfg, layers, coupling=coupling)
 
 
 def weights_and_masks(model, layers):
@@ -143,10 +147,56 @@ def test_output_neurons_never_die_by_default():
 
 
 def test_synaptic_encoding_draws_no_clusters():
-    model, layers, enc = lenet_and_encoding(kind="synaptic", synapse_factor=0.5)
+    """Whatever the cluster factor, the Darwin baseline kills synapses only by their own draw."""
+    model, layers, enc = lenet_and_encoding(kind="synaptic", synapse_factor=1.0,
+                                            cluster_factor=0.05)
     w, m = weights_and_masks(model, layers)
-    probs = enc.probabilities("conv2", w["conv2"], m["conv2"], 1)
-    assert probs.cluster is None
+    child = enc.sample(w, m, 1, generator(0, "s"))
+    assert all(bool(child[n].all()) for n in layers)
+
+
+def test_global_budget_sets_the_network_wide_share_with_one_scale():
+    model, layers, enc = lenet_and_encoding(granularity="filter", normalization="global",
+                                            cluster_factor=0.6, synapse_factor=1.0)
+    w, m = weights_and_masks(model, layers)
+    with torch.no_grad():  # make conv2's filters far more uneven than fc1's neurons
+        w["conv2"].mul_(torch.linspace(0.01, 3, 50).view(-1, 1, 1, 1))
+    probs = enc.cluster_probabilities(w, m, 1, None)
+    joint = torch.cat([probs[n] for n in ("conv1", "conv2", "fc1")])
+    assert float(joint.mean()) == pytest.approx(0.6, abs=1e-6)
+    # one Z for all: survival is one increasing function of the mean-normalized strength
+    x = torch.cat([enc.strengths(n, w, m) / enc.strengths(n, w, m).mean()
+                   for n in ("conv1", "conv2", "fc1")])
+    order = torch.argsort(x)
+    assert bool((torch.diff(joint[order]) >= -1e-12).all())
+    assert "fc2" not in probs  # the protected output layer draws no cluster
+
+
+def test_group_strength_sees_the_synapses_that_read_a_filter():
+    model, layers, enc = lenet_and_encoding(coupled=True, granularity="filter",
+                                            strength="group")
+    w, m = weights_and_masks(model, layers)
+    before = enc.strengths("conv2", w, m)
+    cut = {n: v.clone() for n, v in m.items()}
+    cut["fc1"].view(500, 50, 16)[:, 7] = False  # nobody reads conv2's filter 7 any more
+    after = enc.strengths("conv2", w, cut)
+    assert after[7] < before[7] - 0.5
+    own = lenet_and_encoding(granularity="filter", strength="own")[2]
+    assert torch.equal(own.strengths("conv2", w, cut), own.strengths("conv2", w, m))
+
+
+def test_filter_then_kernel_draws():
+    model, layers, enc = lenet_and_encoding(granularity="filter+kernel", cluster_factor=0.7,
+                                            kernel_factor=0.5, synapse_factor=1.0)
+    w, m = weights_and_masks(model, layers)
+    child = enc.sample(w, m, 1, generator(0, "k"))
+    kernels = child["conv2"].reshape(50, 20, 25).any(-1)
+    filters = kernels.any(1)
+    assert 0.55 < float(filters.float().mean()) < 0.85
+    # kernels die inside surviving filters, about half of them, whole
+    assert 0.35 < float(kernels[filters].float().mean()) < 0.65
+    k = child["conv2"].reshape(1000, 25)
+    assert bool(((k.sum(1) == 0) | (k.sum(1) == 25)).all())
 
 
 def test_any_module_with_exclusions():

@@ -1,7 +1,9 @@
 """The loop end to end: synapses fall, records are complete, resume equals uninterrupted."""
 
+import dataclasses
 import itertools
 import json
+import math
 import shutil
 
 import pytest
@@ -13,10 +15,13 @@ from evosynth.config import validate
 from evosynth.evolution import HISTORY_KEYS
 from evosynth.rundir import RunDir
 
+# schedule mode: the factors below, per layer, every generation (the adaptive environment
+# has tests of its own)
 QUICK = {
     "model": "lenet300", "dataset": "digits", "seed": 3,
-    "encoding": {"cluster_factor": 0.7, "synapse_factor": 0.7},
-    "evolution": {"generations": 3, "max_drop": None},
+    "encoding": {"cluster_factor": 0.7, "synapse_factor": 0.7, "normalization": "budget",
+                 "strength": "own", "granularity": "kernel"},
+    "evolution": {"generations": 3, "max_drop": None, "environment": {"kind": "schedule"}},
     "ancestor_train": {"epochs": 2}, "train": {"epochs": 1},
 }
 
@@ -151,3 +156,83 @@ def test_offspring_schedule_and_best_on_validation(tmp_path):
     assert [len(r["offspring_val_accuracy"]) for r in hist[1:]] == [3, 3, 1]
     for r in hist[1:]:
         assert r["val_accuracy"] == max(r["offspring_val_accuracy"])
+
+
+# -- the adaptive environment (the default) -------------------------------------------------
+def adaptive(**over):
+    cfg = quick(**over)
+    return validate({**json.loads(json.dumps(dataclasses.asdict(cfg))),
+                     "encoding": {**dataclasses.asdict(cfg.encoding),
+                                  **dataclasses.asdict(validate({}).encoding)},
+                     "evolution": {**dataclasses.asdict(cfg.evolution),
+                                   "environment": {"kind": "adaptive"}, **over.get(
+                                       "evolution", {})}})
+
+
+def test_environment_law():
+    from evosynth.config import EnvironmentConfig
+    from evosynth.environment import headroom, next_pressure, retries
+
+    env = EnvironmentConfig(pressure=0.2, grow=1.5, ease=0.5, retreat=0.5, headroom=0.5,
+                            max_pressure=0.4, min_pressure=0.04, tries=5)
+    assert headroom(0.98, 0.97, 0.99) == pytest.approx(0.5)
+    assert next_pressure(env, 0.2, 0.6) == pytest.approx(0.3)  # reserve kept: harsher
+    assert next_pressure(env, 0.3, 0.9) == pytest.approx(0.4)  # capped
+    assert next_pressure(env, 0.2, 0.1) == pytest.approx(0.1)  # little reserve: gentler
+    assert retries(env, 0.2) == pytest.approx([0.2, 0.1, 0.05])  # not below min_pressure
+    assert headroom(0.5, -math.inf, 0.9) == math.inf  # no floor: always harsher
+
+
+def test_adaptive_run_retries_gentler_below_the_floor(tmp_path):
+    """A floor the offspring can hardly hold: a generation whose offspring falls below it
+    samples the parent again at `retreat` times the pressure, every try is recorded, and
+    the run ends only when the last try fails too."""
+    from evosynth.environment import retries
+
+    cfg = adaptive(evolution={"generations": 4, "max_drop": None, "min_accuracy": 0.9999},
+                   measure={"costs": False})
+    res = evosynth.run(cfg, tmp_path / "r", progress=False, log=lambda s: None)
+    env = cfg.evolution.environment
+    assert res.history[0]["val_accuracy"] < 0.9999 and len(res.history) == 2
+    assert res.history[1]["environment"]["tries"] == env.tries == 3
+    for i, r in enumerate(res.history[1:]):
+        e = r["environment"]
+        pressures = [x["pressure"] for x in e["rejected"]] + [e["pressure"]]
+        if i == 0:
+            assert pressures[0] == pytest.approx(env.pressure)
+        assert [b / a for a, b in itertools.pairwise(pressures)] == pytest.approx(
+            [env.retreat] * (len(pressures) - 1))
+        assert all(x["val_accuracy"] < 0.9999 for x in e["rejected"])
+        assert r["meets_floor"] or e["tries"] == len(retries(env, pressures[0]))
+    if not res.history[-1]["meets_floor"]:
+        assert RunDir(tmp_path / "r").summary()["stopped"] == "floor"
+
+
+def test_adaptive_pressure_grows_while_the_floor_holds(tmp_path):
+    cfg = adaptive(evolution={"generations": 3, "max_drop": None}, measure={"costs": False})
+    hist = evosynth.run(cfg, tmp_path / "r", progress=False, log=lambda s: None).history
+    env = cfg.evolution.environment
+    assert [r["environment"]["pressure"] for r in hist[1:]] == pytest.approx(
+        [min(env.pressure * env.grow ** i, env.max_pressure) for i in range(3)])
+    assert hist[-1]["kernel_clusters"] < hist[0]["kernel_clusters"]
+
+
+def test_target_stops_the_run(tmp_path):
+    cfg = adaptive(evolution={"generations": 10, "max_drop": None,
+                              "target": {"kernel_clusters": 300}})
+    res = evosynth.run(cfg, tmp_path / "r", progress=False, log=lambda s: None)
+    assert res.history[0]["kernel_clusters"] == 410  # lenet300's neurons
+    assert res.history[-1]["kernel_clusters"] <= 300 < res.history[-2]["kernel_clusters"]
+    assert RunDir(tmp_path / "r").summary()["stopped"] == "target"
+
+
+def test_distillation_from_the_parent_runs_and_changes_training(tmp_path):
+    runs = []
+    for distill in (0.0, 0.5):
+        cfg = quick(evolution={"generations": 1}, train={"epochs": 1, "distill": distill},
+                    measure={"costs": False})
+        runs.append(evosynth.run(cfg, tmp_path / str(distill), progress=False,
+                                 log=lambda s: None))
+    a, b = (r.best_model.state_dict() for r in runs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert runs[1].history[1]["val_accuracy"] > 0.5

@@ -108,3 +108,26 @@ def test_resume_takes_the_recorded_thread_count(reference, tmp_path):
                         "--no-progress"], env=env, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert "resuming with 1 threads" in r.stdout
+
+
+RETRY_CONFIG = CONFIG.replace("max_drop: null", "max_drop: null, min_accuracy: 0.9999")
+
+
+def test_kill_between_retries_resumes_exactly(tmp_path):
+    """The adaptive environment samples the parent again below the floor; a kill in the
+    second try resumes with the first try's record and gives the uninterrupted run."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(RETRY_CONFIG)
+    r = evosynth("evolve", "--config", cfg, "--out", tmp_path / "whole", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    tensors, history = contents(tmp_path / "whole")
+    assert history[1]["environment"]["tries"] == 3
+    r = evosynth("evolve", "--config", cfg, "--out", tmp_path / "cut", "--no-progress",
+                 kill_at="epoch:7")  # ancestor 1-2, try 0: 3-6, try 1: 7-10
+    assert r.returncode == -signal.SIGKILL
+    assert (tmp_path / "cut" / "checkpoints" / "gen1-attempts.json").is_file()
+    r = evosynth("resume", tmp_path / "cut", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    got_tensors, got_history = contents(tmp_path / "cut")
+    assert got_history == history
+    assert all(bool((got_tensors[k] == v).all()) for k, v in tensors.items())

@@ -16,8 +16,9 @@ from torch import nn
 
 from .errors import UserError
 
-Granularity = Literal["kernel", "filter"]
-GRANULARITIES: tuple[str, ...] = ("kernel", "filter")
+Granularity = Literal["kernel", "filter", "filter+kernel"]
+# filter+kernel draws filters, then kernels inside them; its clusters are the filters
+GRANULARITIES: tuple[str, ...] = ("kernel", "filter", "filter+kernel")
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

@@ -56,11 +56,22 @@ class EncodingConfig:
     kind: Literal["cluster", "synaptic"] = field(default="cluster", metadata={
         "help": "cluster: clusters drawn first, then synapses (Shafiee & Wong); "
                 "synaptic: synapses alone (the Darwin baseline)"})
-    granularity: Literal["kernel", "filter"] = field(default="kernel", metadata={
-        "help": "kernel: conv kernel w[o,i], linear neuron; filter: w[o] in both"})
-    normalization: Literal["max", "budget"] = field(default="budget", metadata={
-        "help": "max: Z = max strength / ln 2 (papers); budget: Z so that the expected "
-                "surviving fraction equals the factor (ours)"})
+    granularity: Literal["kernel", "filter", "filter+kernel"] = field(
+        default="filter+kernel", metadata={
+            "help": "kernel: conv kernel w[o,i], linear neuron; filter: w[o] in both; "
+                    "filter+kernel: filters drawn first, then the kernels of the surviving "
+                    "conv filters, then synapses"})
+    normalization: Literal["max", "budget", "global"] = field(default="global", metadata={
+        "help": "max: Z = max strength / ln 2 per layer (papers); budget: per layer, Z so "
+                "that the expected surviving fraction equals the factor; global: one Z for "
+                "the whole network's clusters (each layer's strengths divided by their mean), "
+                "so layers compete for one budget"})
+    strength: Literal["own", "group"] = field(default="group", metadata={
+        "help": "cluster strength of a filter: own: the sum of its own |w|; group: its own "
+                "synapses, the synapses that read its channel downstream and its BatchNorm "
+                "scale, each divided by its layer's mean (Torch-Pruning's group importance)"})
+    kernel_factor: FactorSpec = field(default=0.9, metadata={
+        "help": "filter+kernel: the factor for kernels inside surviving filters"})
     synapse_factor: FactorSpec = field(default=0.7, metadata={
         "help": "environmental factor F_s for synapses, or a per-generation schedule"})
     cluster_factor: FactorSpec = field(default=0.7, metadata={
@@ -96,6 +107,61 @@ class TrainConfig:
         "help": "per-step schedule over the phase; step: x0.1 at 50% and 75%"})
     warmup_steps: Annotated[Int, Field(ge=0)] = field(default=0, metadata={
         "help": "linear warm-up steps"})
+    distill: Fraction = field(default=0.0, metadata={
+        "help": "offspring: weight of the teacher's soft targets in the loss (0: off)"})
+    temperature: Annotated[float, Field(gt=0)] = field(default=4.0, metadata={
+        "help": "softmax temperature of distillation"})
+    teacher: Literal["parent", "ancestor"] = field(default="parent", metadata={
+        "help": "whose outputs the offspring learns from when distill > 0"})
+
+
+@dataclass
+class EnvironmentConfig:
+    """How harsh each generation's environment is. ``adaptive`` (default) sets it from what
+    the last offspring measured; ``schedule`` takes the encoding's factors as given."""
+
+    __pydantic_config__ = _STRICT
+    kind: Literal["adaptive", "schedule"] = field(default="adaptive", metadata={
+        "help": "adaptive: pressure rises while offspring hold the floor with headroom and "
+                "falls when they lose it; schedule: the encoding's (per-layer) factors"})
+    pressure: Annotated[float, Field(gt=0, lt=1)] = field(default=0.15, metadata={
+        "help": "first generation's pressure: the expected share of live clusters to die"})
+    max_pressure: Annotated[float, Field(gt=0, lt=1)] = field(default=0.5, metadata={
+        "help": "the harshest environment"})
+    min_pressure: Annotated[float, Field(gt=0, lt=1)] = field(default=0.02, metadata={
+        "help": "below this an offspring that fails the floor ends the run"})
+    grow: Annotated[float, Field(ge=1)] = field(default=1.5, metadata={
+        "help": "pressure x this after an offspring holding at least `headroom` of the "
+                "allowed drop in reserve"})
+    ease: Annotated[float, Field(gt=0, le=1)] = field(default=0.7, metadata={
+        "help": "pressure x this after an offspring that kept less than `headroom`"})
+    retreat: Annotated[float, Field(gt=0, lt=1)] = field(default=0.5, metadata={
+        "help": "pressure x this when an offspring falls below the floor and the parent "
+                "is sampled again"})
+    headroom: Fraction = field(default=0.5, metadata={
+        "help": "share of the allowed drop (ancestor - floor) an offspring must keep for "
+                "the next generation to be harsher"})
+    tries: Count = field(default=3, metadata={
+        "help": "samplings of the parent per generation before a failed floor ends the run"})
+    synapse_share: Fraction = field(default=0.5, metadata={
+        "help": "synapses of surviving clusters die at this share of the pressure"})
+    kernel_share: Fraction = field(default=0.5, metadata={
+        "help": "filter+kernel: kernels of surviving filters die at this share"})
+
+
+@dataclass
+class Target:
+    """What to reach: the run stops at the first generation that meets every value given."""
+
+    __pydantic_config__ = _STRICT
+    macs: Annotated[int, Field(ge=1)] | None = field(default=None, metadata={
+        "help": "MACs per sample of the compact network"})
+    params: Annotated[int, Field(ge=1)] | None = field(default=None, metadata={
+        "help": "parameters of the compact network"})
+    kernel_clusters: Annotated[int, Field(ge=1)] | None = field(default=None, metadata={
+        "help": "live kernel clusters"})
+    latency_ms: Annotated[float, Field(gt=0)] | None = field(default=None, metadata={
+        "help": "measured latency of the compact network (measure.latency_batch)"})
 
 
 @dataclass
@@ -103,8 +169,11 @@ class EvolutionConfig:
     """The generational loop."""
 
     __pydantic_config__ = _STRICT
-    generations: Annotated[Int, Field(ge=0)] = field(default=10, metadata={
-        "help": "generations after the ancestor"})
+    generations: Annotated[Int, Field(ge=0)] = field(default=30, metadata={
+        "help": "generations after the ancestor (a cap: an adaptive run stops earlier when "
+                "no offspring holds the floor, or at its target)"})
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
+    target: Target = field(default_factory=Target)
     offspring: CountSpec = field(default=1, metadata={
         "help": "offspring sampled and trained per generation (or phases, e.g. {1: 3, 11: 1}); "
                 "best validation wins"})

@@ -51,26 +51,75 @@ def survival_probability(strength: torch.Tensor, factor: float, normalization: s
     return torch.expm1(x / math.exp(0.5 * (lo + hi))).clamp(0, 1)
 
 
+@dataclass(frozen=True)
+class Environment:
+    """One generation's environmental factors for the whole network (adaptive mode); in
+    schedule mode the encoding reads them per layer from its config instead."""
+
+    cluster: float
+    synapse: float
+    kernel: float
+
+
 @dataclass
 class LayerProbabilities:
     cluster: torch.Tensor | None  # per cluster (dead clusters: 0); None: no cluster draw
     synapse: torch.Tensor  # weight-shaped (dead synapses: 0)
 
 
+@dataclass(frozen=True)
+class Reader:
+    """Synapses of layer ``layer`` that read filter outputs of another layer: input columns
+    ``cols`` read the filters ``filters`` (index by index)."""
+
+    layer: str
+    cols: torch.Tensor
+    filters: torch.Tensor
+
+
+def readers_of(coupling, layers: dict[str, Layer]) -> tuple[dict[str, list[Reader]],
+                                                              dict[str, list[tuple]]]:
+    """For each prunable layer: the downstream synapses that read its filters, and the
+    normalization channels (module, channel idxs, filters) that scale them."""
+    readers: dict[str, list[Reader]] = {n: [] for n in layers}
+    norms: dict[str, list[tuple]] = {n: [] for n in layers}
+    for group in (coupling.groups if coupling is not None else ()):
+        for w in group.by_role("out"):
+            if w.module not in layers:
+                continue
+            inv = torch.full((group.channels,), -1, dtype=torch.long)
+            inv[w.root] = w.idxs
+            for r in group.by_role("in"):
+                if r.maskable and r.module in layers:
+                    f = inv[r.root]
+                    keep = f >= 0
+                    readers[w.module].append(Reader(r.module, r.idxs[keep], f[keep]))
+            for a in group.by_role("aux"):
+                if a.producer == w.module:
+                    f = inv[a.root]
+                    keep = f >= 0
+                    norms[w.module].append((a.module, a.idxs[keep], f[keep]))
+    return readers, norms
+
+
 class Encoding:
-    """The synaptic (Darwin) encoding; subclasses add a cluster draw."""
+    """The synaptic (Darwin) encoding; ``ClusterEncoding`` adds the cluster draws."""
 
     def __init__(self, cfg: EncodingConfig, layers: dict[str, Layer],
-                 ties: list[ChannelGroup] = ()):
+                 ties: list[ChannelGroup] = (), coupling=None):
         self.cfg = cfg
         self.layers = layers
         self.output_layer = resolve_output_layer(layers, cfg.output_layer)
         self.ties = list(ties)  # channels written by several layers (residual additions)
         self._order = {name: i for i, name in enumerate(layers)}
+        self.readers, self.norms = readers_of(coupling, layers)
 
-    def factors(self, name: str, generation: int) -> tuple[float, float]:
-        """(F_s, F_c) of a layer in a generation: the first matching layer pattern, else the
-        global factors."""
+    def factors(self, name: str, generation: int, env: Environment | None = None
+                ) -> tuple[float, float]:
+        """(F_s, F_c) of a layer in a generation: the environment's if adaptive, else the
+        first matching layer pattern, else the global factors."""
+        if env is not None:
+            return env.synapse, env.cluster
         syn, clu = self.cfg.synapse_factor, self.cfg.cluster_factor
         for pattern, lf in self.cfg.layers.items():
             if matches(name, [pattern]):
@@ -86,41 +135,41 @@ class Encoding:
                             ) -> torch.Tensor:
         p = torch.zeros(weight.shape, dtype=torch.float64)
         live = mask.cpu()
+        normalization = "budget" if self.cfg.normalization == "global" else \
+            self.cfg.normalization
         p[live] = survival_probability(weight.detach().abs().cpu()[live], factor,
-                                       self.cfg.normalization)
+                                       normalization)
         return p
 
-    def cluster_probability(self, weight: torch.Tensor, mask: torch.Tensor, layer: Layer,
-                            factor: float) -> torch.Tensor | None:
-        return None
-
-    def probabilities(self, name: str, weight: torch.Tensor, mask: torch.Tensor,
-                      generation: int) -> LayerProbabilities:
-        f_s, f_c = self.factors(name, generation)
-        layer = self.layers[name]
-        clusters = None
-        if not self.is_protected(name):
-            clusters = self.cluster_probability(weight, mask, layer, f_c)
-        return LayerProbabilities(clusters, self.synapse_probability(weight, mask, f_s))
+    def cluster_probabilities(self, weights, masks, generation, env
+                              ) -> dict[str, torch.Tensor]:
+        return {}
 
     def sample(self, weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
-               generation: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+               generation: int, generator: torch.Generator, env: Environment | None = None
+               ) -> dict[str, torch.Tensor]:
         """Draw an offspring's masks. Draws happen on the CPU in a fixed layer order, so the
         same generator state gives the same offspring on any device."""
+        cluster_p = self.cluster_probabilities(weights, masks, generation, env)
         children, drawn = {}, {}
         for name in self.layers:
             parent = masks[name].cpu()
-            probs = self.probabilities(name, weights[name], parent, generation)
+            f_s, _ = self.factors(name, generation, env)
+            p_syn = self.synapse_probability(weights[name], parent, f_s)
             children[name] = parent & (torch.rand(parent.shape, generator=generator,
-                                                  dtype=torch.float64) < probs.synapse)
-            if probs.cluster is not None:
-                drawn[name] = torch.rand(probs.cluster.shape, generator=generator,
-                                         dtype=torch.float64) < probs.cluster
-        tied = self.draw_tied(weights, masks, generation, generator, drawn)
+                                                  dtype=torch.float64) < p_syn)
+            if name in cluster_p:
+                drawn[name] = _keep_one(torch.rand(cluster_p[name].shape, generator=generator,
+                                                   dtype=torch.float64) < cluster_p[name],
+                                        cluster_p[name])
+                self.draw_kernels(name, weights[name], parent, drawn[name], children,
+                                  generation, generator, env)
+        tied = self.draw_tied(weights, masks, generation, generator, drawn, env)
         out = {}
         for name, child in children.items():
             if name in drawn:
-                cluster_view(child, self.layers[name], self.cfg.granularity)[~drawn[name]] = False
+                view = cluster_view(child, self.layers[name], self.cfg.granularity)
+                view[~drawn[name]] = False
             if self.is_protected(name):
                 child = _keep_synapse(child, masks[name].cpu(), weights[name])
             elif name in tied:
@@ -128,7 +177,11 @@ class Encoding:
             out[name] = child.to(masks[name].device)
         return out
 
-    def draw_tied(self, weights, masks, generation, generator, drawn
+    def draw_kernels(self, name, weight, parent, alive, children, generation, generator, env
+                     ) -> None:
+        """filter+kernel: the kernels of the surviving conv filters are drawn next."""
+
+    def draw_tied(self, weights, masks, generation, generator, drawn, env=None
                   ) -> dict[str, torch.Tensor]:
         """Overwrite ``drawn`` for filters tied across layers; return, per layer, the
         filters that must keep a synapse. The synaptic encoding draws no clusters."""
@@ -138,21 +191,94 @@ class Encoding:
 class ClusterEncoding(Encoding):
     """Shafiee & Wong: a synapse survives only if its cluster and itself are drawn."""
 
-    def cluster_probability(self, weight, mask, layer, factor):
-        view_mask = cluster_view(mask, layer, self.cfg.granularity)
-        strength = cluster_view(weight.detach().abs().cpu() * mask, layer,
-                                self.cfg.granularity).sum(dim=1)
-        live = view_mask.any(dim=1)
-        p = torch.zeros(live.shape, dtype=torch.float64)
-        p[live] = survival_probability(strength[live], factor, self.cfg.normalization)
-        return p
+    def own_strength(self, name: str, weight: torch.Tensor, mask: torch.Tensor
+                     ) -> torch.Tensor:
+        """Per cluster: the summed |w| of its live synapses (the papers' S_c)."""
+        return cluster_view(weight.detach().abs().cpu() * mask.cpu(), self.layers[name],
+                            self.cfg.granularity).sum(dim=1).to(torch.float64)
 
-    def draw_tied(self, weights, masks, generation, generator, drawn):
+    def group_strength(self, name: str, weights, masks) -> torch.Tensor:
+        """Per filter: its own synapses, the synapses that read its channel downstream and
+        its normalization scale, each divided by the layer's mean over live filters, so
+        the terms weigh alike whatever their sizes."""
+        live = live_filters(masks[name].cpu())
+        total = _mean_normalized(self.own_strength(name, weights[name], masks[name]), live)
+        read = torch.zeros(len(live), dtype=torch.float64)
+        for r in self.readers[name]:
+            w = (weights[r.layer].detach().abs() * masks[r.layer]).cpu().to(torch.float64)
+            cols = w.transpose(0, 1).reshape(w.shape[1], -1).sum(1)
+            read.index_add_(0, r.filters, cols[r.cols])
+        if self.readers[name]:
+            total += _mean_normalized(read, live)
+        scale = torch.zeros(len(live), dtype=torch.float64)
+        for module, idxs, filters in self.norms[name]:
+            gamma = weights.get(module)  # the loop passes normalization scales by name
+            if gamma is not None:
+                scale.index_add_(0, filters, gamma.detach().abs().cpu().double()[idxs])
+        if bool(scale.gt(0).any()):
+            total += _mean_normalized(scale, live)
+        return total
+
+    def strengths(self, name: str, weights, masks) -> torch.Tensor:
+        filter_level = self.cfg.granularity != "kernel" or self.layers[name].kind == "linear"
+        if self.cfg.strength == "group" and filter_level:
+            return self.group_strength(name, weights, masks)
+        return self.own_strength(name, weights[name], masks[name])
+
+    def cluster_probabilities(self, weights, masks, generation, env):
+        """Per layer (``max``, ``budget``) or one budget for the whole network (``global``,
+        each layer's strengths divided by their live mean so layers compare)."""
+        out, pool = {}, {}
+        for name, layer in self.layers.items():
+            if self.is_protected(name):
+                continue
+            live = cluster_view(masks[name].cpu(), layer, self.cfg.granularity).any(dim=1)
+            s = self.strengths(name, weights, masks)
+            if self.cfg.normalization == "global":
+                pool[name] = (_mean_normalized(s, live), live)
+                continue
+            p = torch.zeros(live.shape, dtype=torch.float64)
+            p[live] = survival_probability(s[live], self.factors(name, generation, env)[1],
+                                           self.cfg.normalization)
+            out[name] = p
+        if pool:
+            factor = env.cluster if env is not None else factor_at(self.cfg.cluster_factor,
+                                                                   generation)
+            joint = torch.cat([s[live] for s, live in pool.values()])
+            p_all = survival_probability(joint, factor, "budget")
+            at = 0
+            for name, (_, live) in pool.items():
+                p = torch.zeros(live.shape, dtype=torch.float64)
+                n = int(live.sum())
+                p[live] = p_all[at:at + n]
+                at += n
+                out[name] = p
+        return out
+
+    def draw_kernels(self, name, weight, parent, alive, children, generation, generator, env):
+        layer = self.layers[name]
+        if self.cfg.granularity != "filter+kernel" or layer.kind != "conv":
+            return
+        factor = env.kernel if env is not None else factor_at(self.cfg.kernel_factor,
+                                                              generation)
+        kernels = cluster_view(parent, layer, "kernel").any(dim=1)
+        live = kernels & alive.repeat_interleave(layer.shape[1])
+        strength = cluster_view(weight.detach().abs().cpu() * parent, layer,
+                                "kernel").sum(dim=1).to(torch.float64)
+        p = torch.zeros(live.shape, dtype=torch.float64)
+        p[live] = survival_probability(strength[live], factor, "budget")
+        drawn = torch.rand(p.shape, generator=generator, dtype=torch.float64) < p
+        per_filter = drawn.reshape(layer.shape[0], layer.shape[1])
+        per_filter |= _strongest(p.reshape(layer.shape[0], layer.shape[1])) & ~per_filter.any(
+            dim=1, keepdim=True)  # a surviving filter keeps its strongest kernel
+        cluster_view(children[name], layer, "kernel")[~per_filter.reshape(-1)] = False
+
+    def draw_tied(self, weights, masks, generation, generator, drawn, env=None):
         """At filter granularity a channel that a residual addition ties across layers is
         one cluster: its strength is pooled over the layers that write it, it is drawn
         once, with the factor of its first writer, and it lives or dies in all of them."""
         keep: dict[str, torch.Tensor] = {}
-        if self.cfg.granularity != "filter":
+        if self.cfg.granularity == "kernel":
             return keep
         for group in self.ties:
             writers = [m for m in group.by_role("out")
@@ -168,9 +294,10 @@ class ClusterEncoding(Encoding):
                 strength.index_add_(0, m.root, w.reshape(w.shape[0], -1).sum(1)[m.idxs])
                 live[m.root] |= live_filters(mask)[m.idxs]
             p = torch.zeros(group.channels, dtype=torch.float64)
-            p[live] = survival_probability(strength[live], self.factors(writers[0].module,
-                                                                        generation)[1],
-                                           self.cfg.normalization)
+            p[live] = survival_probability(strength[live],
+                                           self.factors(writers[0].module, generation, env)[1],
+                                           "budget" if self.cfg.normalization == "global"
+                                           else self.cfg.normalization)
             alive = torch.rand(group.channels, generator=generator, dtype=torch.float64) < p
             for m in writers:
                 drawn[m.module][m.idxs] = alive[m.root]
@@ -178,6 +305,32 @@ class ClusterEncoding(Encoding):
                                                              dtype=torch.bool))
                 rows[m.idxs] |= alive[m.root]
         return keep
+
+
+def _mean_normalized(s: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """``s`` divided by its mean over ``live`` (zero where dead): comparable across layers."""
+    out = torch.zeros_like(s, dtype=torch.float64)
+    if bool(live.any()):
+        mean = float(s[live].double().mean())
+        if mean > 0:
+            out[live] = s[live].double() / mean
+    return out
+
+
+def _strongest(p: torch.Tensor) -> torch.Tensor:
+    """Row-wise one-hot of the most probable entry."""
+    out = torch.zeros(p.shape, dtype=torch.bool)
+    out[torch.arange(p.shape[0]), p.argmax(dim=1)] = True
+    return out
+
+
+def _keep_one(drawn: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A layer keeps at least its most probable live cluster: a layer with none left would
+    cut the network in two."""
+    if not bool(drawn.any()) and bool(p.gt(0).any()):
+        drawn = drawn.clone()
+        drawn[int(p.argmax())] = True
+    return drawn
 
 
 def _keep_synapse(child: torch.Tensor, parent: torch.Tensor, weight: torch.Tensor,
@@ -196,5 +349,6 @@ def _keep_synapse(child: torch.Tensor, parent: torch.Tensor, weight: torch.Tenso
 
 
 def make_encoding(cfg: EncodingConfig, layers: dict[str, Layer],
-                  ties: list[ChannelGroup] = ()) -> Encoding:
-    return (ClusterEncoding if cfg.kind == "cluster" else Encoding)(cfg, layers, ties)
+                  ties: list[ChannelGroup] = (), coupling=None) -> Encoding:
+    return (ClusterEncoding if cfg.kind == "cluster" else Encoding)(cfg, layers, ties,
+                                                                    coupling)

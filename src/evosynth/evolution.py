@@ -8,6 +8,7 @@ one would have done.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -23,11 +24,13 @@ from .compact import compact
 from .config import RunConfig, schedule_at
 from .costs import count_macs, count_params, latency_ms, size_bytes
 from .data import Splits
-from .encoding import make_encoding
+from .encoding import Environment, make_encoding
+from .environment import factors as env_factors
+from .environment import headroom, next_pressure, retries
 from .errors import UserError
 from .genome import Genome, apply_param_masks
 from .graph import Coupling
-from .io import read_safetensors, save_safetensors
+from .io import read_json, read_safetensors, save_safetensors, write_json
 from .rundir import RunDir
 from .seeding import generator, resolve_device
 from .tasks import CLASSIFICATION
@@ -99,9 +102,10 @@ class Evolution:
         self.coupling = (Coupling.build(copy.deepcopy(model).cpu().eval(), example.cpu(),
                                         self.layers)
                          if cfg.encoding.couple else Coupling([], self.layers))
-        self.encoding = make_encoding(cfg.encoding, self.layers, self.coupling.ties())
+        self.encoding = make_encoding(cfg.encoding, self.layers, self.coupling.ties(),
+                                      self.coupling)
         # residual-aware clusters: at filter granularity a tied channel is one cluster
-        self.tie = cfg.encoding.kind == "cluster" and cfg.encoding.granularity == "filter"
+        self.tie = cfg.encoding.kind == "cluster" and cfg.encoding.granularity != "kernel"
         self.protected = ({self.encoding.output_layer}
                           if cfg.encoding.protect_output and self.encoding.output_layer else set())
         self.history: list[dict[str, Any]] = []
@@ -112,7 +116,7 @@ class Evolution:
         return compact(model, example, genome.masks, tuple(self.cfg.encoding.exclude))
 
     def _train(self, model: nn.Module, genome: Genome, train_cfg, gen: torch.Generator,
-               desc: str, tag: str) -> Fitness:
+               desc: str, tag: str, teacher: nn.Module | None = None) -> Fitness:
         """Train (resuming from the phase's checkpoint if one exists) and evaluate."""
         pm = self.coupling.param_masks(model, genome.masks)
         apply_param_masks(model, pm)
@@ -123,12 +127,23 @@ class Evolution:
                 # dead channels carry exact zeros, so the compact network trains the same
                 # function with the same gradients on the live entries, only cheaper
                 train(c.model, self.data.train, train_cfg, c.compact_masks(pm), gen,
-                      self.device, desc, self.progress, self.task.loss, ckpt)
+                      self.device, desc, self.progress, self.task.loss, ckpt, teacher)
                 c.expand_into(model)
             else:
                 train(model, self.data.train, train_cfg, pm, gen, self.device, desc,
-                      self.progress, self.task.loss, ckpt)
+                      self.progress, self.task.loss, ckpt, teacher)
         return Fitness(*self.task.evaluate(model, self.data.val, self.device))
+
+    def _teacher(self) -> nn.Module | None:
+        """The compact parent (or ancestor) whose soft targets an offspring learns from."""
+        if not self.cfg.train.distill:
+            return None
+        if self.cfg.train.teacher == "ancestor":
+            model = copy.deepcopy(self.model)
+            genome = self.run.load_generation(0, model, self.layers)
+        else:
+            model, genome = self.model, self.genome
+        return self._compact(model, genome).model.to(self.device).eval()
 
     def _costs(self, model: nn.Module, genome: Genome) -> dict[str, Any]:
         mc = self.cfg.measure
@@ -150,7 +165,8 @@ class Evolution:
         return {"coupled_channels": alive, "dense_coupled_channels": total}
 
     def _record(self, g: int, model: nn.Module, genome: Genome, fit: Fitness,
-                offspring_fitness: list[float], seconds: float) -> dict[str, Any]:
+                offspring_fitness: list[float], seconds: float,
+                environment: dict[str, Any] | None = None) -> dict[str, Any]:
         stats = genome.stats(self.cfg.encoding.granularity)
         anc = self.history[0] if self.history else stats
         test = (Fitness(*self.task.evaluate(model, self.data.test, self.device))
@@ -179,6 +195,7 @@ class Evolution:
             **self._costs(model, genome),
             "meets_floor": fit.value >= floor,
             f"offspring_val_{metric}": offspring_fitness,
+            **({"environment": environment} if environment else {}),
             "wall_seconds": seconds,
             "layers": stats["layers"],
         }
@@ -206,6 +223,7 @@ class Evolution:
         best = min(meeting, key=lambda r: (r["synapses"], -r[self.val_key]))
         last = self.history[-1]
         stopped = ("floor" if not last["meets_floor"] and last["generation"] > 0
+                   else "target" if last["generation"] > 0 and self.reached(last)
                    else "generations" if last["generation"] >= self.cfg.evolution.generations
                    else "running")
         floor = self.floor()
@@ -258,56 +276,111 @@ class Evolution:
     def finished(self) -> bool:
         last = self.history[-1]
         return (last["generation"] >= self.cfg.evolution.generations
-                or (last["generation"] > 0 and not last["meets_floor"]))
+                or (last["generation"] > 0 and not last["meets_floor"])
+                or (last["generation"] > 0 and self.reached(last)))
 
-    def breed(self, g: int, k: int, n_offspring: int) -> Offspring:
-        """Offspring ``k`` of generation ``g``: sample its masks from the parent, set its
-        weights, train it under its masks and evaluate it. Depends only on the parent, the
-        generation, ``k`` and the run seed."""
+    def reached(self, rec: dict[str, Any]) -> bool:
+        """The record meets every value of ``evolution.target`` (none set: never)."""
+        goal = {k: v for k, v in dataclasses.asdict(self.cfg.evolution.target).items()
+                if v is not None}
+        keys = {"macs": "compact_macs", "params": "compact_params"}
+        return bool(goal) and rec["meets_floor"] and all(
+            rec.get(keys.get(k, k), math.inf) <= v for k, v in goal.items())
+
+    def breed(self, g: int, k: int, n_offspring: int, env: Environment | None = None,
+              attempt: int = 0, teacher: nn.Module | None = None) -> Offspring:
+        """Offspring ``k`` of generation ``g`` (``attempt``: the how-many-th sampling of the
+        parent): sample its masks from the parent, set its weights, train it under its masks
+        and evaluate it. Depends only on the parent, these numbers and the run seed."""
         ev, seed = self.cfg.evolution, self.cfg.seed
+        at = (g, k) if attempt == 0 else (g, k, "try", attempt)
         parent_w = {n: m.weight.detach() for n, m in self.model.named_modules()
-                    if n in self.layers}
+                    if n in self.layers or isinstance(m, nn.modules.batchnorm._NormBase)}
         masks = self.encoding.sample(parent_w, self.genome.masks, g,
-                                     generator(seed, "sample", g, k))
+                                     generator(seed, "sample", *at), env)
         masks = self.coupling.propagate(masks, self.protected, tie=self.tie)
         child = copy.deepcopy(self.model)
         if ev.weights == "scratch":
-            reinitialize(child, self.layers, generator(seed, "scratch", g, k))
+            reinitialize(child, self.layers, generator(seed, "scratch", *at))
         elif ev.weights == "rewind":
             child.load_state_dict(self.run.load_tensors("ancestor_init.safetensors"))
         genome = Genome(self.layers, masks)
-        fit = self._train(child, genome, self.cfg.train, generator(seed, "train", g, k),
-                          f"gen {g}" + (f".{k}" if n_offspring > 1 else ""), f"gen{g}-{k}")
+        fit = self._train(child, genome, self.cfg.train, generator(seed, "train", *at),
+                          f"gen {g}" + (f".{k}" if n_offspring > 1 else ""),
+                          _tag(g, attempt, str(k)), teacher)
         return Offspring(k, child, genome, fit)
 
+    def pressure(self, g: int) -> float:
+        """Generation ``g``'s first pressure, from the last recorded generation."""
+        env = self.cfg.evolution.environment
+        last = self.history[-1]
+        if g == 1 or "environment" not in last:
+            return env.pressure
+        anc = self.history[0][self.val_key]
+        reserve = headroom(last[self.val_key], self.floor(), anc)
+        return next_pressure(env, last["environment"]["pressure"], reserve)
+
     def step(self) -> dict[str, Any]:
-        """One generation: breed each offspring; keep the best (resuming mid-generation from
-        the best so far and the scores of those already bred)."""
+        """One generation. Schedule mode: breed the offspring, keep the best. Adaptive mode:
+        the same at the generation's pressure; if the best falls below the floor, sample
+        the parent again in a gentler environment (bounded tries)."""
         g = self.history[-1]["generation"] + 1
         t0 = time.perf_counter()
         n_offspring = int(schedule_at(self.cfg.evolution.offspring, g))
-        best, scores = self._load_progress(g)
+        teacher = self._teacher()
+        if self.cfg.evolution.environment.kind == "schedule":
+            best, scores = self._generation(g, n_offspring, None, 0, teacher)
+            self.model, self.genome = best.model, best.genome
+            return self._record(g, best.model, best.genome, best.fitness, scores,
+                                time.perf_counter() - t0)
+        env_cfg = self.cfg.evolution.environment
+        rejected = self._load_attempts(g)
+        floor = self.floor()
+        pressures = retries(env_cfg, self.pressure(g))
+        for attempt in range(len(rejected), len(pressures)):
+            p = pressures[attempt]
+            best, scores = self._generation(g, n_offspring, env_factors(env_cfg, p), attempt,
+                                            teacher)
+            env = {"pressure": p, "tries": attempt + 1, "rejected": rejected}
+            if best.fitness.value >= floor or attempt == len(pressures) - 1:
+                break
+            rejected.append({"pressure": p, self.val_key: best.fitness.value,
+                             "synapses": best.genome.synapses()})
+            write_json(self.run.checkpoint_path(f"gen{g}-attempts").with_suffix(".json"),
+                       rejected)
+        self.model, self.genome = best.model, best.genome
+        return self._record(g, best.model, best.genome, best.fitness, scores,
+                            time.perf_counter() - t0, env)
+
+    def _generation(self, g: int, n_offspring: int, env: Environment | None, attempt: int,
+                    teacher: nn.Module | None) -> tuple[Offspring, list[float]]:
+        """Breed a generation's offspring (resuming after the last one saved); the best and
+        every offspring's score."""
+        best, scores = self._load_progress(g, attempt)
         for k in range(len(scores), n_offspring):
-            child = self.breed(g, k, n_offspring)
+            child = self.breed(g, k, n_offspring, env, attempt, teacher)
             scores.append(child.fitness.value)
             if best is None or child.rank > best.rank:
                 best = child
             if n_offspring > 1:
-                self._save_progress(g, best, scores)
-        self.model, self.genome = best.model, best.genome
-        return self._record(g, best.model, best.genome, best.fitness, scores,
-                            time.perf_counter() - t0)
+                self._save_progress(g, attempt, best, scores)
+        return best, scores
 
-    def _save_progress(self, g: int, best: Offspring, scores: list[float]) -> None:
+    def _load_attempts(self, g: int) -> list[dict[str, Any]]:
+        path = self.run.checkpoint_path(f"gen{g}-attempts").with_suffix(".json")
+        return list(read_json(path)) if path.is_file() else []
+
+    def _save_progress(self, g: int, attempt: int, best: Offspring, scores: list[float]
+                       ) -> None:
         tensors = {**{f"weights/{k}": v for k, v in best.model.state_dict().items()},
                    **{f"masks/{k}": v.to(torch.uint8) for k, v in best.genome.masks.items()}}
         meta = {"scores": scores, "index": best.index, "value": best.fitness.value,
                 "details": best.fitness.details}
-        save_safetensors(tensors, self.run.checkpoint_path(f"gen{g}-best"),
+        save_safetensors(tensors, self.run.checkpoint_path(_tag(g, attempt, "best")),
                          metadata={"evosynth": json.dumps(meta)})
 
-    def _load_progress(self, g: int) -> tuple[Offspring | None, list[float]]:
-        path = self.run.checkpoint_path(f"gen{g}-best")
+    def _load_progress(self, g: int, attempt: int) -> tuple[Offspring | None, list[float]]:
+        path = self.run.checkpoint_path(_tag(g, attempt, "best"))
         if not path.is_file():
             return None, []
         from safetensors import safe_open
@@ -332,6 +405,11 @@ class Evolution:
         model = copy.deepcopy(self.model)
         genome = self.run.load_generation(best_g, model, self.layers)
         return EvolutionResult(self.history, best_g, model, genome, self.run)
+
+
+def _tag(g: int, attempt: int, what: str) -> str:
+    """Checkpoint names: ``gen3-0`` (offspring 0), ``gen3-t1-best`` (second try's best)."""
+    return f"gen{g}-{what}" if attempt == 0 else f"gen{g}-t{attempt}-{what}"
 
 
 def check_data(model: nn.Module, data: Splits, task) -> None:

@@ -192,7 +192,7 @@ class RunDir:
         folder = self.path / CHECKPOINTS
         if not folder.is_dir():
             return
-        for p in folder.glob("gen*-*.safetensors"):
+        for p in folder.glob("gen*-*"):
             g = p.name[3:].split("-", 1)[0]
             if upto is None or (g.isdigit() and int(g) <= upto):
                 p.unlink(missing_ok=True)

@@ -42,13 +42,15 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
           param_masks: dict[str, torch.Tensor], generator: torch.Generator,
           device: torch.device, desc: str = "train", progress: bool = True,
           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-          checkpoint: Path | None = None) -> float:
+          checkpoint: Path | None = None, teacher: nn.Module | None = None) -> float:
     """Train in place; returns the last epoch's mean loss.
 
     Masked entries get zero gradient before the step (so momentum and Adam moments never
     see them) and are re-zeroed after it (so weight decay cannot revive them): a dead
     synapse stays exactly zero through any optimizer. With ``checkpoint``, the whole state
     is saved after every epoch and training continues from it if it exists, exactly.
+    With ``teacher``, a share ``cfg.distill`` of the loss is the KL divergence to its
+    softened outputs (temperature ``cfg.temperature``; Hinton et al.'s T^2 scaling).
     """
     model.to(device).train()
     params = dict(model.named_parameters())
@@ -73,7 +75,10 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
             x, y = data.inputs(idx), data.y[idx]
             if data.augment is not None:
                 x, y = data.augment(x, y, generator)
-            loss = loss_fn(model(x), y)
+            out = model(x)
+            loss = loss_fn(out, y)
+            if teacher is not None:
+                loss = (1 - cfg.distill) * loss + cfg.distill * soft_loss(out, teacher, x, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if masks:
@@ -91,6 +96,16 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
                           {"loss": loss_sum})
         fault_point("epoch")
     return float(loss_sum)
+
+
+def soft_loss(out: torch.Tensor, teacher: nn.Module, x: torch.Tensor, cfg: TrainConfig
+              ) -> torch.Tensor:
+    """Distillation: KL(teacher || student) of the temperature-softened class outputs."""
+    with torch.no_grad():
+        target = F.softmax(teacher(x) / cfg.temperature, dim=1)
+    t2 = cfg.temperature ** 2
+    return t2 * F.kl_div(F.log_softmax(out / cfg.temperature, dim=1), target,
+                         reduction="batchmean")
 
 
 @torch.no_grad()

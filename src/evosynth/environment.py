@@ -1,0 +1,50 @@
+"""The adaptive environment: each generation's pressure set from what the last one measured.
+
+Pressure ``p`` is the expected share of live clusters that die in one generation (cluster
+factor ``1 - p``); synapses and kernels inside the survivors die at a share of it. The law,
+applied after every generation (all of it a pure function of the recorded history, so a
+resumed run continues exactly):
+
+- an offspring that keeps at least ``headroom`` of the allowed drop (ancestor - floor) in
+  reserve makes the next environment harsher: ``p <- min(p * grow, max_pressure)``;
+- one that holds the floor with less reserve makes it gentler: ``p <- p * ease``;
+- one below the floor is discarded and the parent is sampled again at ``p * retreat``, up to
+  ``tries`` times (and not below ``min_pressure``); if none holds, the run ends there.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .config import EnvironmentConfig
+from .encoding import Environment
+
+
+def factors(cfg: EnvironmentConfig, pressure: float) -> Environment:
+    return Environment(cluster=1 - pressure, synapse=1 - pressure * cfg.synapse_share,
+                       kernel=1 - pressure * cfg.kernel_share)
+
+
+def headroom(value: float, floor: float, ancestor: float) -> float:
+    """Share of the allowed drop still in reserve (1: as good as the ancestor; < 0: below
+    the floor); infinite without a floor."""
+    if floor == -math.inf:
+        return math.inf
+    allowed = ancestor - floor
+    return (value - floor) / allowed if allowed > 0 else (math.inf if value >= floor else -1)
+
+
+def next_pressure(cfg: EnvironmentConfig, pressure: float, reserve: float) -> float:
+    """The pressure after an accepted generation that kept ``reserve`` (``headroom``)."""
+    if reserve >= cfg.headroom:
+        return min(pressure * cfg.grow, cfg.max_pressure)
+    return max(pressure * cfg.ease, cfg.min_pressure)
+
+
+def retries(cfg: EnvironmentConfig, pressure: float) -> list[float]:
+    """The pressures of a generation's tries: the first, then each one ``retreat`` gentler,
+    while above ``min_pressure``."""
+    out = [pressure]
+    while len(out) < cfg.tries and out[-1] * cfg.retreat >= cfg.min_pressure:
+        out.append(out[-1] * cfg.retreat)
+    return out
