@@ -179,7 +179,7 @@ def test_environment_law():
     assert next_pressure(env, 0.2, 0.6) == pytest.approx(0.3)  # reserve kept: harsher
     assert next_pressure(env, 0.3, 0.9) == pytest.approx(0.4)  # capped
     assert next_pressure(env, 0.2, 0.1) == pytest.approx(0.1)  # little reserve: gentler
-    assert retries(env, 0.2) == pytest.approx([0.2, 0.1, 0.05])  # not below min_pressure
+    assert retries(env, 0.2) == pytest.approx([0.2, 0.1, 0.05, 0.04, 0.04])  # >= min
     assert headroom(0.5, -math.inf, 0.9) == math.inf  # no floor: always harsher
 
 
@@ -200,8 +200,7 @@ def test_adaptive_run_retries_gentler_below_the_floor(tmp_path):
         pressures = [x["pressure"] for x in e["rejected"]] + [e["pressure"]]
         if i == 0:
             assert pressures[0] == pytest.approx(env.pressure)
-        assert [b / a for a, b in itertools.pairwise(pressures)] == pytest.approx(
-            [env.retreat] * (len(pressures) - 1))
+        assert pressures == pytest.approx(retries(env, pressures[0])[:len(pressures)])
         assert all(x["val_accuracy"] < 0.9999 for x in e["rejected"])
         assert r["meets_floor"] or e["tries"] == len(retries(env, pressures[0]))
     if not res.history[-1]["meets_floor"]:

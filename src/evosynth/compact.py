@@ -43,7 +43,8 @@ class Compacted:
         with torch.no_grad():
             for name, t in full.state_dict().items():
                 if name in self.index and t.dim() > 0:
-                    t.view(-1)[self.index[name].flatten().to(t.device)] = src[name].flatten()
+                    t.view(-1)[self.index[name].flatten().to(t.device)] = src[name].flatten().to(
+                        t.device)
                 elif name in src:
                     t.copy_(src[name])
 

@@ -57,16 +57,16 @@ class EncodingConfig:
         "help": "cluster: clusters drawn first, then synapses (Shafiee & Wong); "
                 "synaptic: synapses alone (the Darwin baseline)"})
     granularity: Literal["kernel", "filter", "filter+kernel"] = field(
-        default="filter+kernel", metadata={
+        default="filter", metadata={
             "help": "kernel: conv kernel w[o,i], linear neuron; filter: w[o] in both; "
                     "filter+kernel: filters drawn first, then the kernels of the surviving "
                     "conv filters, then synapses"})
-    normalization: Literal["max", "budget", "global"] = field(default="global", metadata={
+    normalization: Literal["max", "budget", "global"] = field(default="budget", metadata={
         "help": "max: Z = max strength / ln 2 per layer (papers); budget: per layer, Z so "
                 "that the expected surviving fraction equals the factor; global: one Z for "
                 "the whole network's clusters (each layer's strengths divided by their mean), "
                 "so layers compete for one budget"})
-    strength: Literal["own", "group"] = field(default="group", metadata={
+    strength: Literal["own", "group"] = field(default="own", metadata={
         "help": "cluster strength of a filter: own: the sum of its own |w|; group: its own "
                 "synapses, the synapses that read its channel downstream and its BatchNorm "
                 "scale, each divided by its layer's mean (Torch-Pruning's group importance)"})
@@ -128,12 +128,12 @@ class EnvironmentConfig:
         "help": "first generation's pressure: the expected share of live clusters to die"})
     max_pressure: Annotated[float, Field(gt=0, lt=1)] = field(default=0.5, metadata={
         "help": "the harshest environment"})
-    min_pressure: Annotated[float, Field(gt=0, lt=1)] = field(default=0.02, metadata={
-        "help": "below this an offspring that fails the floor ends the run"})
+    min_pressure: Annotated[float, Field(gt=0, lt=1)] = field(default=0.05, metadata={
+        "help": "the gentlest environment (retries repeat it rather than go below)"})
     grow: Annotated[float, Field(ge=1)] = field(default=1.5, metadata={
         "help": "pressure x this after an offspring holding at least `headroom` of the "
                 "allowed drop in reserve"})
-    ease: Annotated[float, Field(gt=0, le=1)] = field(default=0.7, metadata={
+    ease: Annotated[float, Field(gt=0, le=1)] = field(default=0.85, metadata={
         "help": "pressure x this after an offspring that kept less than `headroom`"})
     retreat: Annotated[float, Field(gt=0, lt=1)] = field(default=0.5, metadata={
         "help": "pressure x this when an offspring falls below the floor and the parent "

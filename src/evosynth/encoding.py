@@ -205,7 +205,7 @@ class ClusterEncoding(Encoding):
         total = _mean_normalized(self.own_strength(name, weights[name], masks[name]), live)
         read = torch.zeros(len(live), dtype=torch.float64)
         for r in self.readers[name]:
-            w = (weights[r.layer].detach().abs() * masks[r.layer]).cpu().to(torch.float64)
+            w = (weights[r.layer].detach().abs().cpu() * masks[r.layer].cpu()).to(torch.float64)
             cols = w.transpose(0, 1).reshape(w.shape[1], -1).sum(1)
             read.index_add_(0, r.filters, cols[r.cols])
         if self.readers[name]:

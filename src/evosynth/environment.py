@@ -8,8 +8,9 @@ resumed run continues exactly):
 - an offspring that keeps at least ``headroom`` of the allowed drop (ancestor - floor) in
   reserve makes the next environment harsher: ``p <- min(p * grow, max_pressure)``;
 - one that holds the floor with less reserve makes it gentler: ``p <- p * ease``;
-- one below the floor is discarded and the parent is sampled again at ``p * retreat``, up to
-  ``tries`` times (and not below ``min_pressure``); if none holds, the run ends there.
+- one below the floor is discarded and the parent is sampled again at ``p * retreat`` (not
+  below ``min_pressure``: a failure there may be the draw's bad luck), up to ``tries``
+  times; if none holds, the run ends there.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ def next_pressure(cfg: EnvironmentConfig, pressure: float, reserve: float) -> fl
 
 
 def retries(cfg: EnvironmentConfig, pressure: float) -> list[float]:
-    """The pressures of a generation's tries: the first, then each one ``retreat`` gentler,
-    while above ``min_pressure``."""
+    """The pressures of a generation's ``tries``: the first, then each ``retreat`` times
+    gentler, down to ``min_pressure``."""
     out = [pressure]
-    while len(out) < cfg.tries and out[-1] * cfg.retreat >= cfg.min_pressure:
-        out.append(out[-1] * cfg.retreat)
+    while len(out) < cfg.tries:
+        out.append(max(out[-1] * cfg.retreat, cfg.min_pressure))
     return out

@@ -1,0 +1,129 @@
+"""How the defaults were chosen: variants of the encoding and the environment evolved from one
+ancestor, each with the defaults plus a floor and one change, on MNIST or the digits.
+
+    python benchmarks/defaults.py [--dataset mnist|digits] [--data-dir ../shared/data/mnist]
+        [--only NAME ...] [--device auto] [--jobs 1]
+
+Every variant gets the same ancestor, floor and generation cap; the table gives, per
+variant, the best generation that holds the floor on validation (what a user gets), its
+test accuracy, kernel-cluster and synaptic efficiency, MACs, the generations and offspring
+trained (the training spent) and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import evosynth
+from evosynth.config import validate
+from evosynth.costs import machine
+from evosynth.report import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS: dict[str, dict] = {
+    "defaults": {},
+    "own strength": {"encoding": {"strength": "own"}},
+    "per-layer budget": {"encoding": {"normalization": "budget"}},
+    "filter only": {"encoding": {"granularity": "filter"}},
+    "distill parent": {"train": {"distill": 0.5}},
+    "2 offspring": {"evolution": {"offspring": 2}},
+    "3 epochs": {"train": {"epochs": 3}},
+    "grow 2.0": {"evolution": {"environment": {"grow": 2.0}}},
+    "headroom 0.25": {"evolution": {"environment": {"headroom": 0.25}}},
+    "own, per-layer": {"encoding": {"strength": "own", "normalization": "budget"}},
+    "5 tries": {"evolution": {"environment": {"tries": 5}}},
+    "distill, 2 offspring": {"train": {"distill": 0.5}, "evolution": {"offspring": 2}},
+    "filter+kernel": {"encoding": {"granularity": "filter+kernel"}},
+}
+COLUMNS = (("variant", "variant", "{}"), ("gen", "generation", "{}"),
+           ("val %", "val_accuracy", "{:.2%}"), ("test %", "test_accuracy", "{:.2%}"),
+           ("kernels", "kernel_clusters", "{:,}"), ("clu eff", "cluster_efficiency", "{:.2f}x"),
+           ("synapses", "synapses", "{:,}"), ("syn eff", "synaptic_efficiency", "{:.1f}x"),
+           ("MACs", "compact_macs", "{:,}"), ("offspring", "offspring_trained", "{}"),
+           ("stopped", "stopped", "{}"), ("wall s", "wall_seconds", "{:.0f}"))
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def run_variant(name: str, base: dict, out: Path, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    cfg = validate(merge(base, VARIANTS[name]))
+    t0 = time.perf_counter()
+    res = evosynth.run(cfg, out / name.replace(" ", "-"), force=True, progress=False,
+                       log=lambda s: None)
+    summary = res.run_dir.summary()
+    best = res.history[summary["best_generation"]]
+    trained = sum(len(r["offspring_val_accuracy"]) * r.get("environment", {}).get("tries", 1)
+                  for r in res.history[1:])
+    return {**best, "variant": name, "stopped": summary["stopped"],
+            "offspring_trained": trained, "wall_seconds": time.perf_counter() - t0,
+            "trajectory": [(r["generation"], r["val_accuracy"], r["test_accuracy"],
+                            r["kernel_clusters"], r["synapses"],
+                            r.get("environment", {}).get("pressure")) for r in res.history]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="mnist", choices=("mnist", "digits"))
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "defaults"))
+    ap.add_argument("--max-drop", type=float, default=0.004, help="the floor below the ancestor")
+    ap.add_argument("--generations", type=int, default=30)
+    ap.add_argument("--only", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--jobs", type=int, default=1, help="variants run at once")
+    ap.add_argument("--data", default="{}", help="data settings as JSON (e.g. train_limit)")
+    ap.add_argument("--ancestor-train", default="{}", help="ancestor training as JSON")
+    ap.add_argument("--base", default="{}", help="settings every variant starts from (JSON)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    t_start = time.perf_counter()
+    base = {"model": "lenet5", "dataset": args.dataset, "data_dir": args.data_dir,
+            "data": json.loads(args.data), "ancestor_train": json.loads(args.ancestor_train),
+            "device": args.device,
+            "evolution": {"max_drop": args.max_drop, "generations": args.generations}}
+    base = merge(base, json.loads(args.base))
+    anc = evosynth.run(validate(merge(base, {"evolution": {"generations": 0}})),
+                       out / "ancestor", force=True, progress=False)
+    base["ancestor_weights"] = str(out / "ancestor" / "generations" / "0" /
+                                   "weights.safetensors")
+    print(f"ancestor: val {anc.history[0]['val_accuracy']:.2%}, "
+          f"test {anc.history[0]['test_accuracy']:.2%}", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    # spawn: the ancestor may have initialised CUDA, which a forked worker cannot use
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict] = {}
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_variant, name, base, out, threads): name
+                   for name in args.only}
+        for f in as_completed(futures):
+            done[futures[f]] = f.result()
+            print(markdown_table([done[futures[f]]], COLUMNS).splitlines()[-1], flush=True)
+            (out / "defaults.json").write_text(json.dumps(list(done.values()), indent=1))
+    rows = [done[name] for name in args.only]
+    total = time.perf_counter() - t_start
+    text = (f"machine: {machine()}\ndata: {args.dataset}, floor: ancestor val - "
+            f"{args.max_drop:.1%}, cap {args.generations} generations\n"
+            f"ancestor: val {anc.history[0]['val_accuracy']:.2%}, test "
+            f"{anc.history[0]['test_accuracy']:.2%}\ntotal wall time: {total / 60:.1f} min\n\n"
+            + markdown_table(rows, COLUMNS))
+    print("\n" + text)
+    (out / "defaults.md").write_text(text + "\n")
+    (out / "defaults.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
