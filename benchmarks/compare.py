@@ -1,15 +1,20 @@
-"""evosynth against what users would pick instead, on one ancestor, the same data and the same
-training budget, in one run.
+"""evosynth against what users would pick instead, on one ancestor, the same data, the same
+floor and the same training budget, in one run.
 
     python benchmarks/compare.py [--data-dir ../shared/data/mnist] [--out runs/compare]
-    python benchmarks/compare.py --quick        # tiny: digits, 2 steps (the test suite runs it)
+        [--max-drop 0.002]
+    python benchmarks/compare.py --quick        # tiny: digits (the test suite runs it)
 
-Methods (each gets ``steps`` x ``epochs`` fine-tuning epochs after the shared ancestor):
-evosynth cluster-driven and synaptic encodings; global iterative magnitude pruning
-(``torch.nn.utils.prune``); Torch-Pruning's global structured magnitude pruning, physically
-shrunk by Torch-Pruning; random unstructured pruning at IMP's sparsity (a control).
-Every step is measured by the same code: test accuracy, synapses, kernel clusters,
-filters/neurons, compact MACs, CPU latency at batch 256, wall time.
+evosynth runs with its defaults plus a floor (validation accuracy >= the ancestor's minus
+``--max-drop``); the epochs it trained (offspring x epochs, retries included) are every
+peer's budget, spent in steps of the same epochs. Each peer prunes step by step until its
+validation accuracy falls below the same floor (or the budget ends): Torch-Pruning's global
+structured pruning with each of its importance criteria (L1 magnitude, L2 group norm,
+first-order Taylor; BatchNorm scale has nothing to read in LeNet-5), physically shrunk by
+Torch-Pruning; global iterative magnitude pruning (``torch.nn.utils.prune``); random
+unstructured pruning at that sparsity (a control). Every step is measured by the same
+code: validation and test accuracy, synapses, kernel clusters, filters/neurons, compact MACs,
+CPU latency at batch 256, wall time.
 """
 
 from __future__ import annotations
@@ -31,14 +36,15 @@ from evosynth.compact import compact
 from evosynth.config import load_config
 from evosynth.costs import count_macs, latency_ms, machine
 from evosynth.data import Splits
-from evosynth.evolution import generator
 from evosynth.genome import Genome
 from evosynth.report import markdown_table
+from evosynth.seeding import generator
 from evosynth.train import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = (("method", "method", "{}"), ("step", "step", "{}"),
-           ("test %", "test_accuracy", "{:.2%}"), ("synapses", "synapses", "{:,}"),
+           ("val %", "val_accuracy", "{:.2%}"), ("test %", "test_accuracy", "{:.2%}"),
+           ("synapses", "synapses", "{:,}"),
            ("kernels", "kernel_clusters", "{:,}"), ("filters", "filters", "{:,}"),
            ("MACs", "macs", "{:,}"), ("ms @256", "latency_ms", "{:.2f}"),
            ("syn eff", "synaptic_efficiency", "{:.1f}x"),
@@ -51,6 +57,7 @@ class Bench:
 
     def __init__(self, data: Splits, ancestor: nn.Module, cfg, device, repeats: int):
         self.data, self.ancestor, self.cfg, self.device = data, ancestor, cfg, device
+        self.floor = -1.0  # validation accuracy every method must hold (set from the ancestor)
         self.repeats = repeats
         self.x256 = data.test.inputs(slice(0, 256))
         self.rows: list[dict] = []
@@ -64,6 +71,7 @@ class Bench:
         stats = genome.stats("kernel")
         small = compact(model, self.x256[:2], genome.masks).model
         row = {"method": method, "step": step,
+               "val_accuracy": evaluate(model, self.data.val, self.device),
                "test_accuracy": evaluate(model, self.data.test, self.device),
                "synapses": stats["synapses"], "kernel_clusters": stats["kernel_clusters"],
                "filters": stats["filters"], "macs": count_macs(small, self.x256[:8]),
@@ -104,36 +112,57 @@ def unstructured(bench: Bench, steps: int, keep: float, method: str, random: boo
             plain.load_state_dict({k.removesuffix("_orig"): v * sd[k.replace("_orig", "_mask")]
                                    if k.endswith("_orig") else v
                                    for k, v in sd.items() if not k.endswith("_mask")})
-            bench.measure(method, step, plain, time.perf_counter() - t0, masks)
+            row = bench.measure(method, step, plain, time.perf_counter() - t0, masks)
+            if row["val_accuracy"] < bench.floor:
+                break
 
 
-def structured(bench: Bench, steps: int, ratio: float) -> None:
-    """Torch-Pruning: global magnitude importance, iterative steps, fine-tuned, shrunk."""
+IMPORTANCES = {
+    "L1 magnitude": lambda: tp.importance.MagnitudeImportance(p=1),
+    "L2 group norm": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "Taylor": lambda: tp.importance.TaylorImportance(),
+}
+
+
+def structured(bench: Bench, steps: int, ratio: float, criterion: str) -> None:
+    """Torch-Pruning: global pruning by ``criterion``, iterative steps, fine-tuned, shrunk,
+    until validation falls below the floor."""
     model = copy.deepcopy(bench.ancestor)
     out_layer = list(prunable_layers(model).values())[-1].name
-    pruner = tp.pruner.MagnitudePruner(
-        model, bench.x256[:2], importance=tp.importance.MagnitudeImportance(p=1),
-        global_pruning=True, pruning_ratio=ratio, iterative_steps=steps,
+    pruner = tp.pruner.MetaPruner(
+        model, bench.x256[:2], importance=IMPORTANCES[criterion](), global_pruning=True,
+        pruning_ratio=ratio, max_pruning_ratio=ratio, iterative_steps=steps,
         ignored_layers=[model.get_submodule(out_layer)])
+    method = f"torch-pruning ({criterion})"
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
+        if criterion == "Taylor":  # first-order Taylor reads the gradients of a few batches
+            model.zero_grad()
+            for i in range(0, 1024, 256):
+                x = bench.data.train.inputs(slice(i, i + 256))
+                nn.functional.cross_entropy(model(x), bench.data.train.y[i:i + 256]).backward()
         pruner.step()
-        bench.finetune(model, step, "torch-pruning")
-        bench.measure("torch-pruning", step, model, time.perf_counter() - t0)
+        bench.finetune(model, step, method)
+        row = bench.measure(method, step, model, time.perf_counter() - t0)
+        if row["val_accuracy"] < bench.floor:
+            break
 
 
-def evolutionary(bench: Bench, config: Path, kind: str, weights: Path, out: Path, over) -> None:
-    cfg = load_config(config, {**over, "ancestor_weights": str(weights), "encoding.kind": kind,
-                               "measure.costs": False})
-    res = evosynth.run(cfg, out / f"evosynth-{kind}", force=True, progress=False,
-                       log=lambda s: None)
+def evolutionary(bench: Bench, weights: Path, out: Path, over: dict, max_drop: float) -> int:
+    """evosynth with its defaults plus the floor; returns the epochs it trained."""
+    cfg = load_config(None, {**over, "ancestor_weights": str(weights), "measure.costs": False,
+                             "evolution.max_drop": max_drop})
+    res = evosynth.run(cfg, out / "evosynth", force=True, progress=False, log=lambda s: None)
     rd = res.run_dir
     model = copy.deepcopy(bench.ancestor)
     layers = prunable_layers(model)
     for rec in res.history[1:]:
         genome = rd.load_generation(rec["generation"], model, layers)
-        bench.measure(f"evosynth {kind}", rec["generation"], model, rec["wall_seconds"],
+        bench.measure("evosynth (defaults)", rec["generation"], model, rec["wall_seconds"],
                       genome.masks)
+    trained = sum(len(r["offspring_val_accuracy"]) * r.get("environment", {}).get("tries", 1)
+                  for r in res.history[1:])
+    return trained * cfg.train.epochs
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -177,55 +206,59 @@ def floors(rows: list[dict], levels=(0.990, 0.985)) -> str:
             cells = [f"{b[k]:.2f}x" if b[k] else "none"
                      for k in ("synaptic_efficiency", "cluster_efficiency", "speedup")]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        ours = best.get("evosynth cluster", {})
+        ours = best.get("evosynth (defaults)", {})
         for k in ("synaptic_efficiency", "cluster_efficiency", "speedup"):
             peers = [b[k] for m, b in best.items() if not m.startswith("evosynth") and b[k]]
             if ours.get(k) and peers:
-                lines.append(f"- evosynth cluster / best peer, {k}: {ours[k] / max(peers):.2f}")
+                lines.append(f"- evosynth / best peer, {k}: {ours[k] / max(peers):.2f}")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
-    ap.add_argument("--config", default=str(ROOT / "configs" / "lenet5_mnist.yaml"))
-    ap.add_argument("--synaptic-config",
-                    default=str(ROOT / "configs" / "lenet5_mnist_synaptic.yaml"),
-                    help="the Darwin baseline's schedule (same shrink per layer)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "compare"))
-    ap.add_argument("--quick", action="store_true", help="digits, 2 steps of 1 epoch")
+    ap.add_argument("--max-drop", type=float, default=0.002,
+                    help="the floor: validation accuracy >= ancestor's minus this")
+    ap.add_argument("--quick", action="store_true", help="digits, a few short steps")
     ap.add_argument("--ancestor-weights", default=None,
                     help="a trained ancestor (safetensors, trained on the same split) "
                          "instead of training one here")
     args = ap.parse_args()
     out = Path(args.out)
-    over = {"data_dir": args.data_dir}
+    over = {"model": "lenet5", "dataset": "mnist", "data_dir": args.data_dir}
     if args.quick:
-        over = {"dataset": "digits", "evolution.generations": 2, "train.epochs": 1,
-                "ancestor_train.epochs": 2}
+        over = {"model": "lenet5", "dataset": "digits", "evolution.generations": 2,
+                "train.epochs": 1, "ancestor_train.epochs": 2}
     t_start = time.perf_counter()
-    cfg = load_config(args.config, {**over, "evolution.generations": 0,
-                                    "ancestor_weights": args.ancestor_weights})
+    cfg = load_config(None, {**over, "evolution.generations": 0,
+                             "ancestor_weights": args.ancestor_weights})
     anc_run = evosynth.run(cfg, out / "ancestor", force=True, progress=False,
                            log=lambda s: None)
     weights = out / "ancestor" / "generations" / "0" / "weights.safetensors"
-    cfg = load_config(args.config, over)
-    steps = cfg.evolution.generations
-    model, data = evosynth.api._from_config(cfg)
+    cfg = load_config(None, over)
+    model, data = evosynth.build(cfg)
     model.load_state_dict(anc_run.best_model.state_dict())
     bench = Bench(data, model, cfg, torch.device("cpu"), repeats=3 if args.quick else 30)
     bench.measure("ancestor", 0, copy.deepcopy(model), anc_run.history[0]["wall_seconds"])
-    print(f"machine: {machine()}\nbudget: {steps} steps x {cfg.train.epochs} epochs per method")
-    evolutionary(bench, Path(args.config), "cluster", weights, out, over)
-    evolutionary(bench, Path(args.synaptic_config), "synaptic", weights, out, over)
+    bench.floor = anc_run.history[0]["val_accuracy"] - args.max_drop
+    print(f"machine: {machine()}\nfloor: validation >= {bench.floor:.2%}", flush=True)
+    epochs = evolutionary(bench, weights, out, over, args.max_drop)
+    steps = max(1, epochs // cfg.train.epochs)
+    print(f"budget: {epochs} epochs = {steps} steps x {cfg.train.epochs} epochs per method",
+          flush=True)
+    for criterion in IMPORTANCES:
+        structured(bench, steps, ratio=0.97 if not args.quick else 0.3, criterion=criterion)
     keep = 0.7  # IMP removes 30% of what lives per step: 0.7^16 ~ 300x after 16 steps
     unstructured(bench, steps, keep, "magnitude (torch prune)", random=False)
-    structured(bench, steps, ratio=0.9 if not args.quick else 0.3)
     unstructured(bench, steps, keep, "random (control)", random=True)
     total = time.perf_counter() - t_start
     table = markdown_table(bench.rows, COLUMNS)
     text = (f"machine: {machine()}\ndate: {time.strftime('%Y-%m-%d')}\n"
-            f"total wall time: {total / 60:.1f} min\n\n{table}\n{floors(bench.rows)}\n")
+            f"floor: validation accuracy >= {bench.floor:.2%} (ancestor - {args.max_drop:.1%})\n"
+            f"budget: {epochs} training epochs per method ({steps} steps of "
+            f"{cfg.train.epochs})\ntotal wall time: {total / 60:.1f} min\n\n{table}\n"
+            f"{floors(bench.rows)}\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text(text)
     (out / "compare.json").write_text(json.dumps(bench.rows, indent=1))

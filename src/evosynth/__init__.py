@@ -5,7 +5,7 @@ and cluster strength under an environmental factor; each offspring is trained an
 the next parent (Shafiee & Wong, arXiv 1609.01360; Shafiee, Barshan & Wong, 1704.02081).
 """
 
-from .api import evolve, resume, run
+from .api import build, evolve, export_run, resume, run
 from .clusters import prunable_layers
 from .config import EncodingConfig, EvolutionConfig, RunConfig, TrainConfig, load_config
 from .encoding import ClusterEncoding, Encoding, make_encoding, survival_probability
@@ -25,7 +25,9 @@ __all__ = [
     "RunDir",
     "TrainConfig",
     "UserError",
+    "build",
     "evolve",
+    "export_run",
     "load_config",
     "make_encoding",
     "prunable_layers",

@@ -101,8 +101,9 @@ def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = 
     return evo.run_all()
 
 
-def _from_config(cfg: RunConfig) -> tuple[nn.Module, Splits]:
-    """A config builds its data (seeded split) and its model (seeded initialization)."""
+def build(cfg: RunConfig) -> tuple[nn.Module, Splits]:
+    """A config's model (seeded initialization) and data (seeded split), as a run builds
+    them: what a benchmark or a user's own loop needs to share one run's setting."""
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.evolution.val_fraction,
                         generator(cfg.seed, "split"), cfg.data)
     with torch.random.fork_rng(devices=[]):
@@ -114,7 +115,7 @@ def _from_config(cfg: RunConfig) -> tuple[nn.Module, Splits]:
 def run(cfg: RunConfig, out: str | Path, force: bool = False,
         log: Callable[[str], None] = print, progress: bool = True) -> EvolutionResult:
     """A registry model on a registry data set, as ``evosynth evolve`` runs it."""
-    model, data = _from_config(cfg)  # fails on bad model/data before the directory is touched
+    model, data = build(cfg)  # fails on bad model/data before the directory is touched
     ancestor = _ancestor_state(cfg)
     rd = RunDir(out)
     evo = Evolution(cfg, model, data, rd, log=log, progress=progress)  # checks the data
@@ -155,7 +156,7 @@ def load_run(run_dir: str | Path, generation: int | None = None):
     ``generation`` defaults to the run's best (summary.json)."""
     rd = RunDir(run_dir)
     cfg = rd.config()
-    model, data = _from_config(cfg)
+    model, data = build(cfg)
     done = rd.complete_generations()
     if generation is None:
         generation = rd.best_generation()
@@ -235,7 +236,7 @@ def resume(out: str | Path, log: Callable[[str], None] = print, progress: bool =
     rd = RunDir(out)
     cfg = rd.config()
     _match_environment(rd, log)
-    model, data = _from_config(cfg)
+    model, data = build(cfg)
     evo = Evolution(cfg, model, data, rd, log=log, progress=progress)
     if not evo.restore():  # killed before the ancestor was recorded: continue its training
         evo.start(ancestor_state=_ancestor_state(cfg))
