@@ -37,6 +37,7 @@ from evosynth.config import load_config
 from evosynth.costs import count_macs, latency_ms, machine
 from evosynth.data import Splits
 from evosynth.genome import Genome
+from evosynth.io import write_text
 from evosynth.report import markdown_table
 from evosynth.seeding import generator
 from evosynth.train import evaluate, train
@@ -263,7 +264,24 @@ def main() -> None:
     (out / "compare.md").write_text(text)
     (out / "compare.json").write_text(json.dumps(bench.rows, indent=1))
     plot(bench.rows, out / "compare.png")
-    print("\n" + text + f"\nwrote {out / 'compare.md'} and {out / 'compare.png'}")
+    write_html(bench, out / "compare.html", text)
+    print("\n" + text + f"\nwrote {out / 'compare.md'}, compare.png and compare.html")
+
+
+def write_html(bench: Bench, path: Path, text: str) -> None:
+    """The run report's page, one series per method (each with the ancestor first)."""
+    from evosynth.report_html import Series, render
+
+    series = []
+    for method in dict.fromkeys(r["method"] for r in bench.rows[1:]):
+        rows = [{**r, "generation": r["step"]} for r in bench.rows
+                if r["method"] in (method, "ancestor")]
+        holding = [r for r in rows[1:] if r["val_accuracy"] >= bench.floor] or rows[:1]
+        best = min(holding, key=lambda r: r["kernel_clusters"])
+        series.append(Series(method, rows, {"best_generation": best["generation"],
+                                            "floor": bench.floor, "stopped": "floor"},
+                             extra={"machine": machine(), "config": text.split("\n\n")[0]}))
+    write_text(path, render(series, "evosynth compare: LeNet-5"))
 
 
 if __name__ == "__main__":

@@ -31,3 +31,5 @@ def test_compare_quick(tmp_path):
         assert 0 <= row["test_accuracy"] <= 1 and row["latency_ms"] > 0
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     assert "| method |" in (tmp_path / "compare.md").read_text()
+    page = (tmp_path / "compare.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "torch-pruning (Taylor)" in page

@@ -113,7 +113,7 @@ def build(cfg: RunConfig) -> tuple[nn.Module, Splits]:
 
 
 def run(cfg: RunConfig, out: str | Path, force: bool = False,
-        log: Callable[[str], None] = print, progress: bool = True) -> EvolutionResult:
+        log: Callable[[str], None] = print, progress: bool | str = True) -> EvolutionResult:
     """A registry model on a registry data set, as ``evosynth evolve`` runs it."""
     model, data = build(cfg)  # fails on bad model/data before the directory is touched
     ancestor = _ancestor_state(cfg)
@@ -230,7 +230,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", generation: int | None = 
     return targets, ""
 
 
-def resume(out: str | Path, log: Callable[[str], None] = print, progress: bool = True
+def resume(out: str | Path, log: Callable[[str], None] = print, progress: bool | str = True
            ) -> EvolutionResult:
     """Continue a run from its last complete generation, exactly as if never stopped."""
     rd = RunDir(out)

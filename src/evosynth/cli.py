@@ -46,7 +46,11 @@ def evolve(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue --out if it exists")] = False,
     force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
-    progress: Annotated[bool, typer.Option(help="progress bar per epoch")] = True,
+    progress: Annotated[bool, typer.Option(
+        help="a live display of the run; --no-progress: one line per generation")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress, only the table")] = False,
+    tensorboard: Annotated[str | None, typer.Option(
+        help="folder for TensorBoard scalars")] = None,
 ) -> None:
     """Train an ancestor and evolve it, writing every generation to OUT."""
     from . import api
@@ -57,6 +61,7 @@ def evolve(
         "device": device, "evolution.generations": generations, "train.epochs": epochs,
         "ancestor_train.epochs": ancestor_epochs, "encoding.kind": encoding,
         "encoding.granularity": granularity, "evolution.offspring": offspring,
+        "logging.tensorboard": tensorboard,
     }
     cfg = load_config(config, overrides)
     if resume and force:
@@ -67,9 +72,9 @@ def evolve(
         if resume and RunDir(out).config_path.is_file():
             api.check_resume_settings(out, cfg, config is not None,
                                       [k for k, v in overrides.items() if v is not None])
-            api.resume(out, progress=progress)
+            api.resume(out, progress=_mode(progress, quiet))
         else:
-            api.run(cfg, out, force=force, progress=progress)
+            api.run(cfg, out, force=force, progress=_mode(progress, quiet))
     except KeyboardInterrupt:
         raise Interrupted(out) from None
     _show(out)
@@ -78,24 +83,47 @@ def evolve(
 @app.command("resume")
 def resume_cmd(
     run_dir: Annotated[Path, typer.Argument(help="run directory to continue")],
-    progress: Annotated[bool, typer.Option(help="progress bar per epoch")] = True,
+    progress: Annotated[bool, typer.Option(
+        help="a live display of the run; --no-progress: one line per generation")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress, only the table")] = False,
 ) -> None:
     """Continue a run from its last complete generation (same seeds, same result)."""
     from . import api
 
     _existing_run(run_dir)
     try:
-        api.resume(run_dir, progress=progress)
+        api.resume(run_dir, progress=_mode(progress, quiet))
     except KeyboardInterrupt:
         raise Interrupted(run_dir) from None
     _show(run_dir)
 
 
 @app.command()
-def show(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    format: Annotated[str, typer.Option("--format", help="md, csv or json")] = "md",
+) -> None:
     """Print the per-generation table of a run."""
+    from .report import FORMATS
+
+    if format not in FORMATS:
+        raise UserError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
     _existing_run(run_dir)
-    _show(run_dir)
+    _show(run_dir, format)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="one or more run directories")],
+    out: Annotated[Path | None, typer.Option(help="HTML file (default: "
+                                                  "<first run>/report.html)")] = None,
+) -> None:
+    """One self-contained HTML page: summary, plots, layers, architecture, config."""
+    from .report_html import write_report
+
+    for r in run_dirs:
+        _existing_run(r)
+    typer.echo(f"wrote {write_report(run_dirs, out)}")
 
 
 @app.command()
@@ -145,6 +173,10 @@ def scenes(
                + ", ".join(NAMES[d] for d in wanted))
 
 
+def _mode(progress: bool, quiet: bool) -> str:
+    return "quiet" if quiet else "bar" if progress else "plain"
+
+
 def _existing_run(run_dir: Path) -> None:
     if not run_dir.exists():
         raise UserError(f"{run_dir} does not exist")
@@ -152,12 +184,12 @@ def _existing_run(run_dir: Path) -> None:
         raise UserError(f"{run_dir} is a file, not a run directory")
 
 
-def _show(run_dir: Path) -> None:
-    from .report import history_table
+def _show(run_dir: Path, fmt: str = "md") -> None:
+    from .report import render_history
     from .rundir import RunDir
 
     rd = RunDir(run_dir)
-    typer.echo(history_table(rd.history(), rd.summary()))
+    typer.echo(render_history(rd.history(), rd.summary(), fmt))
 
 
 def _usage_line(exc: Exception) -> str:

@@ -232,6 +232,16 @@ class MeasureConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where a run reports besides its run directory."""
+
+    __pydantic_config__ = _STRICT
+    tensorboard: str | None = field(default=None, metadata={
+        "help": "folder for TensorBoard event files: per-epoch losses, per-generation "
+                "scores and sizes (pip install 'evosynth[tensorboard]')"})
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; ``config.yaml`` in a run directory is one of these."""
 
@@ -253,6 +263,7 @@ class RunConfig:
     ancestor_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 _WRONG_BRANCH = ("float_type", "list_type", "dict_type", "int_type", "dataclass_type")

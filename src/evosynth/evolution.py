@@ -31,6 +31,7 @@ from .errors import UserError
 from .genome import Genome, apply_param_masks
 from .graph import Coupling
 from .io import read_json, read_safetensors, save_safetensors, write_json
+from .progress import Mode, RunProgress
 from .rundir import RunDir
 from .seeding import generator, resolve_device
 from .tasks import CLASSIFICATION
@@ -90,9 +91,12 @@ class EvolutionResult:
 
 class Evolution:
     def __init__(self, cfg: RunConfig, model: nn.Module, data: Splits, run_dir: RunDir,
-                 log: Callable[[str], None] = print, progress: bool = True):
+                 log: Callable[[str], None] = print, progress: bool | Mode = True):
         self.cfg, self.model, self.data, self.run = cfg, model, data, run_dir
-        self.log, self.progress = log, progress
+        self.log = log
+        self.mode: Mode = ("bar" if progress else "plain") if isinstance(progress, bool) \
+            else progress
+        self._observer: RunProgress | None = None
         self.device = resolve_device(cfg.device)
         self.layers = prunable_layers(model, cfg.encoding.exclude)
         self.task = data.task or CLASSIFICATION
@@ -110,6 +114,15 @@ class Evolution:
                           if cfg.encoding.protect_output and self.encoding.output_layer else set())
         self.history: list[dict[str, Any]] = []
 
+    @property
+    def observer(self) -> RunProgress:
+        """The run's progress display and TensorBoard writer, made at first use."""
+        if self._observer is None:
+            self._observer = RunProgress(self.mode, self.cfg.evolution.generations,
+                                         len(self.history), self.cfg.logging.tensorboard,
+                                         self.log)
+        return self._observer
+
     # -- one step of each kind --------------------------------------------------------------
     def _compact(self, model: nn.Module, genome: Genome):
         example = self.data.train.inputs(slice(0, 2)).to(next(model.parameters()).device)
@@ -122,16 +135,21 @@ class Evolution:
         apply_param_masks(model, pm)
         if train_cfg is not None and train_cfg.epochs:
             ckpt = self.run.checkpoint_path(tag)
+            bars = self.observer.epoch_bars
+
+            def on_epoch(epoch: int, loss: float) -> None:
+                self.observer.epoch(tag, epoch, loss)
+
             c = self._compact(model, genome) if self.cfg.evolution.compact_training else None
             if c is not None and c.folded == 0:
                 # dead channels carry exact zeros, so the compact network trains the same
                 # function with the same gradients on the live entries, only cheaper
                 train(c.model, self.data.train, train_cfg, c.compact_masks(pm), gen,
-                      self.device, desc, self.progress, self.task.loss, ckpt, teacher)
+                      self.device, desc, bars, self.task.loss, ckpt, teacher, on_epoch)
                 c.expand_into(model)
             else:
-                train(model, self.data.train, train_cfg, pm, gen, self.device, desc,
-                      self.progress, self.task.loss, ckpt, teacher)
+                train(model, self.data.train, train_cfg, pm, gen, self.device, desc, bars,
+                      self.task.loss, ckpt, teacher, on_epoch)
         return Fitness(*self.task.evaluate(model, self.data.val, self.device))
 
     def _teacher(self) -> nn.Module | None:
@@ -204,7 +222,7 @@ class Evolution:
         self.run.clear_checkpoints()
         self.run.write_history(self.history)
         self.run.write_summary(self.summary())
-        self.log(format_record(rec))
+        self.observer.generation(rec, format_record(rec))
         return rec
 
     def floor(self, ancestor_val: float | None = None) -> float:
@@ -396,8 +414,11 @@ class Evolution:
         return best, list(meta["scores"])
 
     def run_all(self) -> EvolutionResult:
-        while not self.finished():
-            self.step()
+        try:
+            while not self.finished():
+                self.step()
+        finally:
+            self.observer.close()
         return self.result()
 
     def result(self) -> EvolutionResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,26 @@ def history_table(history: list[dict[str, Any]], summary: dict[str, Any] | None)
                      f"(floor {floor_s}, {summary['encoding']} encoding, "
                      f"{summary['granularity']} clusters, stopped: {summary['stopped']})")
     return "\n".join(lines)
+
+
+FORMATS = ("md", "csv", "json")
+
+
+def render_history(history: list[dict[str, Any]], summary: dict[str, Any] | None,
+                   fmt: str = "md") -> str:
+    """``evosynth show``: the table (md), every scalar of every record (csv), or the
+    records and summary as they are (json)."""
+    if fmt == "json":
+        return json.dumps({"summary": summary, "history": history}, indent=1)
+    if fmt == "csv":
+        keys = list(dict.fromkeys(k for r in history for k, v in r.items()
+                                  if not isinstance(v, (dict, list))))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, keys, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        return buf.getvalue().rstrip("\n")
+    return history_table(history, summary)
 
 
 def best_within(history: list[dict[str, Any]], key: str, drop: float) -> str | None:

@@ -47,7 +47,9 @@ CHECKPOINTS = "checkpoints"
 MARKER = "run.json"
 # every name evosynth writes at a run's top level (exports default to compact-gen*)
 OWN_NAMES = (MARKER, "config.yaml", "ancestor_init.safetensors", GENERATIONS, CHECKPOINTS,
-             "history.jsonl", "summary.json", "genealogy.json", "compact-gen*", ".*.tmp")
+             "history.jsonl", "summary.json", "genealogy.json", "compact-gen*", "report.html",
+             ".*.tmp")
+OUTPUTS = ("compact-gen*", "report.html")  # what exports and reports may (re)write
 
 
 def _environment(device: str) -> dict[str, Any]:
@@ -114,7 +116,7 @@ class RunDir:
             rel = path.resolve().relative_to(self.path.resolve())
         except ValueError:
             return False
-        return bool(rel.parts) and not fnmatchcase(rel.parts[0], "compact-gen*")
+        return bool(rel.parts) and not any(fnmatchcase(rel.parts[0], p) for p in OUTPUTS)
 
     # -- creation ---------------------------------------------------------------------------
     def is_run(self) -> bool:

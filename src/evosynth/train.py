@@ -42,7 +42,8 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
           param_masks: dict[str, torch.Tensor], generator: torch.Generator,
           device: torch.device, desc: str = "train", progress: bool = True,
           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-          checkpoint: Path | None = None, teacher: nn.Module | None = None) -> float:
+          checkpoint: Path | None = None, teacher: nn.Module | None = None,
+          on_epoch: Callable[[int, float], None] | None = None) -> float:
     """Train in place; returns the last epoch's mean loss.
 
     Masked entries get zero gradient before the step (so momentum and Adam moments never
@@ -94,6 +95,8 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
         if checkpoint is not None:
             save_training(checkpoint, model, opt, sched, generator, epoch + 1,
                           {"loss": loss_sum})
+        if on_epoch is not None:
+            on_epoch(epoch + 1, loss_sum)
         fault_point("epoch")
     return float(loss_sum)
 
