@@ -188,6 +188,9 @@ INPUT_CASES = {
     "a NaN factor": (
         lambda t: (t / "c.yaml").write_text("encoding: {cluster_factor: .nan}\n"),
         ["--config", "{tmp}/c.yaml"], "finite number"),
+    "schedule factors under the adaptive environment": (
+        lambda t: (t / "c.yaml").write_text("encoding: {cluster_factor: 0.5}\n"),
+        ["--config", "{tmp}/c.yaml"], "encoding.cluster_factor is a schedule setting"),
     "ancestor weights not safetensors": (
         lambda t: (t / "w.pt").write_bytes(b"\x80\x04pickle"),
         [*QUICK, "--config", "{tmp}/c.yaml"], "w.pt is damaged"),

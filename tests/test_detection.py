@@ -273,7 +273,8 @@ def test_detection_generation_end_to_end(tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "det.yaml"
     cfg.write_text("data: {classes: [zero, one, two]}\nmodel_args: {width: 0.125, blocks: 3}\n"
                    "encoding: {granularity: filter, cluster_factor: 0.7}\n"
-                   "evolution: {max_drop: null}\nmeasure: {costs: false}\n"
+                   "evolution: {environment: {kind: schedule}, max_drop: null}\n"
+                   "measure: {costs: false}\n"
                    "train: {batch_size: 8}\nancestor_train: {batch_size: 8}\n")
     out = tmp_path / "run"
     monkeypatch.setattr(sys, "argv", ["evosynth", "evolve", "--model", "detectnet-small",
@@ -303,7 +304,8 @@ def test_python_api_evolves_a_detector_with_its_task(tmp_path):
     torch.manual_seed(0)
     model = detectnet_small(2, (3, 64, 64), width=0.125, blocks=3)
     config = {"encoding": {"granularity": "filter", "cluster_factor": 0.7},
-              "evolution": {"generations": 1}, "measure": {"costs": False},
+              "evolution": {"environment": {"kind": "schedule"}, "generations": 1},
+              "measure": {"costs": False},
               "train": {"epochs": 1, "batch_size": 8},
               "ancestor_train": {"epochs": 1, "batch_size": 8}}
     res = evosynth.evolve(model, loaded.train, loaded.test, config, task=loaded.task,

@@ -57,7 +57,8 @@ def lenet_and_encoding(coupled=False, **enc):
     model = LeNet5()
     layers = prunable_layers(model)
     cfg = validate({"encoding": {"normalization": "budget", "strength": "own",
-                                 "granularity": "kernel", **enc}}).encoding
+                                 "granularity": "kernel", **enc},
+                    "evolution": {"environment": {"kind": "schedule"}}}).encoding
     coupling = Coupling.build(model, torch.randn(2, 1, 28, 28), layers) if coupled else None
     return model, layers, make_encoding(cfg, layers, coupling=coupling)
 

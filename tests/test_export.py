@@ -17,7 +17,8 @@ from evosynth.models.lenet import LeNet5
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("r") / "run"
     cfg = validate({"model": "lenet5", "dataset": "digits",
-                    "evolution": {"generations": 2, "max_drop": None},
+                    "evolution": {"generations": 2, "max_drop": None,
+                                  "environment": {"kind": "schedule"}},
                     "encoding": {"cluster_factor": 0.6, "granularity": "filter"},
                     "ancestor_train": {"epochs": 1}, "train": {"epochs": 1}})
     evosynth.run(cfg, out, progress=False, log=lambda s: None)

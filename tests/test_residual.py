@@ -141,7 +141,8 @@ def test_cifar_networks_evolve_end_to_end(tmp_path, model, args):
     cfg = validate({"model": model, "model_args": args, "dataset": "cifar10",
                     "data_dir": str(data), "device": "cpu",
                     "encoding": {"granularity": "filter", "cluster_factor": 0.7},
-                    "evolution": {"generations": 2, "max_drop": None},
+                    "evolution": {"generations": 2, "max_drop": None,
+                                  "environment": {"kind": "schedule"}},
                     "ancestor_train": {"epochs": 1}, "train": {"epochs": 1},
                     "measure": {"latency_repeats": 1, "latency_batch": 4}})
     result = run(cfg, tmp_path / "run", progress=False, log=lambda s: None)

@@ -66,7 +66,8 @@ def cluster_view(t: torch.Tensor, layer: Layer, granularity: str) -> torch.Tenso
     """A 2-D view (clusters, synapses per cluster) of a weight-shaped tensor.
 
     ``kernel``: a conv kernel ``weight[o, i]``; a linear layer's cluster is its neuron (row),
-    since one synapse per cluster would make clusters meaningless (METHOD.md).
+    since one synapse per cluster would make clusters meaningless (README, "The method in
+    brief").
     ``filter``: everything feeding one output channel or neuron, ``weight[o]``.
     """
     if granularity == "kernel" and layer.kind == "conv":

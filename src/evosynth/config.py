@@ -294,9 +294,24 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
     if not isinstance(data, dict):
         raise UserError(f"{source}: the top level must be a mapping of settings")
     try:
-        return TypeAdapter(RunConfig).validate_python(_merge(to_dict(RunConfig()), data))
+        cfg = TypeAdapter(RunConfig).validate_python(_merge(to_dict(RunConfig()), data))
     except ValidationError as exc:
         raise UserError(_one_line(exc, source)) from None
+    _check_factors(cfg, source)
+    return cfg
+
+
+def _check_factors(cfg: RunConfig, source: str) -> None:
+    """Factors that the adaptive environment would ignore are refused, not dropped."""
+    if cfg.evolution.environment.kind != "adaptive":
+        return
+    default = EncodingConfig()
+    given = [k for k in ("synapse_factor", "cluster_factor", "kernel_factor", "layers")
+             if getattr(cfg.encoding, k) != getattr(default, k)]
+    if given:
+        raise UserError(f"{source}: encoding.{given[0]} is a schedule setting; the adaptive "
+                        "environment sets the factors itself (use its settings under "
+                        "evolution.environment), or set evolution.environment.kind: schedule")
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -1,7 +1,8 @@
 """Genetic encodings: a parent's weights -> survival probabilities -> an offspring's masks.
 
 Both encodings share the probability shape ``p = F * (exp(x / Z) - 1)`` clipped to [0, 1]
-(METHOD.md) and the sampling; they differ only in whether clusters are drawn first.
+(README, "The method in brief") and the sampling; they differ only in whether clusters are
+drawn first.
 """
 
 from __future__ import annotations
