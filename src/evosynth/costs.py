@@ -56,6 +56,25 @@ def latency_ms(fn, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float
     return statistics.median(times)
 
 
+def interleaved_latency_ms(models: list[nn.Module], x: torch.Tensor, repeats: int = 30,
+                           warmup: int = 3) -> list[float]:
+    """Median wall time of each model on ``x``, timed round-robin (one pass of each model
+    per round), so that anything else the machine does weighs on every model alike."""
+    with torch.no_grad():
+        for m in models:
+            m.eval()
+            for _ in range(warmup):
+                m(x)
+        times: list[list[float]] = [[] for _ in models]
+        for _ in range(repeats):
+            for i, m in enumerate(models):
+                t0 = time.perf_counter()
+                m(x)
+                _sync(x)
+                times[i].append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
 def machine() -> str:
     """The machine a measurement ran on, for every benchmark table."""
     cpu = platform.processor() or platform.machine()
