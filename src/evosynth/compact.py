@@ -10,16 +10,29 @@ the compact network computes exactly what the masked one did.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .clusters import prunable_layers
+from .errors import UserError
 from .genome import Genome
 from .graph import ChannelGroup, Coupling
 
 CONST_TOL = 1e-6
+EXACT_RTOL = 1e-4  # compact vs masked outputs: relative to the output's scale
+
+
+# layers whose output depends on all channels together: removing one changes the others
+CHANNEL_MIXERS = tuple(t for t in (nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention,
+                                   getattr(nn, "RMSNorm", None)) if t is not None)
+
+
+class CompactionError(UserError):
+    """Compaction would hand back a network that computes something else (or cannot be
+    traced): refused, never silent."""
 
 
 @dataclass
@@ -137,6 +150,10 @@ def compact(model: nn.Module, example_input: torch.Tensor,
         for name, mask in masks.items():
             modules[name].weight.mul_(mask.to(modules[name].weight.device))
     coupling = Coupling.build(net, example_input, layers)
+    if coupling.error:
+        raise CompactionError(f"compaction and speed-ups are off for this model: "
+                              f"Torch-Pruning cannot trace it ({coupling.error})")
+    reference = copy.deepcopy(net)  # the masked network the compact one must equal
     # the twin holds each entry's flat index and goes through the same removals
     twin = copy.deepcopy(net).double()
     with torch.no_grad():
@@ -166,4 +183,59 @@ def compact(model: nn.Module, example_input: torch.Tensor,
              if t.is_floating_point()}
     out_masks = {n: masks[n].flatten()[index[f"{n}.weight"].to(masks[n].device)]
                  .reshape(index[f"{n}.weight"].shape) for n in layers}
+    if removed:
+        probe = (torch.randn(example_input.shape, generator=torch.Generator().manual_seed(0))
+                 .to(example_input) if example_input.is_floating_point() else example_input)
+        verify(reference, net, [example_input, probe])
     return Compacted(net, out_masks, removed, folded, index)
+
+
+def verify(reference: nn.Module, small: nn.Module, inputs: list[torch.Tensor]) -> None:
+    """Refuse a compact network whose outputs differ from the masked one's, naming the
+    first module (in forward order) where they part."""
+    with torch.no_grad():
+        for x in inputs:
+            a, b = reference(x), small(x)
+            if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+                continue
+            scale = 1 + float(a.abs().max()) if a.numel() else 1.0
+            if a.shape == b.shape and float((a - b).abs().max()) <= EXACT_RTOL * scale:
+                continue
+            diff = float((a - b).abs().max()) if a.shape == b.shape else math.inf
+            where = _first_difference(reference, small, x)
+            mixers = [f"{n} ({type(m).__name__})" for n, m in reference.named_modules()
+                      if isinstance(m, CHANNEL_MIXERS)]
+            raise CompactionError(
+                f"compaction would change what the network computes (max difference "
+                f"{diff:.2e}{', first seen at module ' + where if where else ''}); "
+                + (f"{', '.join(mixers[:3])} mix channels in a way removal does not "
+                   "preserve; " if mixers else "")
+                + "exclude the layers that feed them (encoding.exclude), or evolve "
+                "without compaction")
+
+
+def _first_difference(reference: nn.Module, small: nn.Module, x: torch.Tensor) -> str | None:
+    outs: list[dict[str, torch.Tensor]] = [{}, {}]
+    order: list[str] = []
+    hooks = []
+    for k, net in enumerate((reference, small)):
+        for name, m in net.named_modules():
+            if name and not list(m.children()):
+                def hook(mod, args, out, name=name, k=k):
+                    if isinstance(out, torch.Tensor):
+                        outs[k][name] = out.detach()
+                        if k == 0:
+                            order.append(name)
+                hooks.append(m.register_forward_hook(hook))
+    try:
+        reference(x)
+        small(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name in order:
+        a, b = outs[0][name], outs[1].get(name)
+        if b is not None and a.shape == b.shape and float((a - b).abs().max()) > \
+                EXACT_RTOL * (1 + float(a.abs().max())):
+            return name
+    return None

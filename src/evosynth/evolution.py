@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .clusters import Layer, prunable_layers
-from .compact import compact
+from .compact import CompactionError, compact
 from .config import RunConfig, schedule_at
 from .costs import count_macs, count_params, latency_ms, size_bytes
 from .data import Splits
@@ -113,6 +113,31 @@ class Evolution:
         self.protected = ({self.encoding.output_layer}
                           if cfg.encoding.protect_output and self.encoding.output_layer else set())
         self.history: list[dict[str, Any]] = []
+        self.compaction = self._dry_run()  # "exact", or why compaction is off
+
+    def _dry_run(self) -> str:
+        """Before any training: compact a randomly thinned genome and run one training step
+        of the compact network, so a shape or tracing problem costs seconds, not an
+        ancestor. A model that cannot be compacted exactly evolves masked, without the
+        cheaper compact training and without compact costs (said once, recorded)."""
+        if not (self.cfg.evolution.compact_training or self.cfg.measure.costs):
+            return "not used"
+        model = copy.deepcopy(self.model).cpu()
+        weights = {n: m.weight.detach() for n, m in model.named_modules() if n in self.layers}
+        dense = Genome.dense(model, self.layers)
+        masks = self.encoding.sample(weights, dense.masks, 1, generator(self.cfg.seed, "dry"),
+                                     Environment(cluster=0.7, synapse=0.85, kernel=0.85))
+        genome = Genome(self.layers, self.coupling.propagate(masks, self.protected,
+                                                             tie=self.tie))
+        apply_param_masks(model, self.coupling.param_masks(model, genome.masks))
+        try:
+            small = self._compact(model, genome).model.train()
+            x, y = self.data.train.inputs(slice(0, 2)), self.data.train.y[:2]
+            self.task.loss(small(x.cpu()), y.cpu()).backward()
+        except CompactionError as exc:
+            self.log(f"warning: {exc}")
+            return str(exc)
+        return "exact"
 
     @property
     def observer(self) -> RunProgress:
@@ -140,7 +165,8 @@ class Evolution:
             def on_epoch(epoch: int, loss: float) -> None:
                 self.observer.epoch(tag, epoch, loss)
 
-            c = self._compact(model, genome) if self.cfg.evolution.compact_training else None
+            c = (self._compact(model, genome)
+                 if self.cfg.evolution.compact_training and self.compaction == "exact" else None)
             if c is not None and c.folded == 0:
                 # dead channels carry exact zeros, so the compact network trains the same
                 # function with the same gradients on the live entries, only cheaper
@@ -165,7 +191,7 @@ class Evolution:
 
     def _costs(self, model: nn.Module, genome: Genome) -> dict[str, Any]:
         mc = self.cfg.measure
-        if not mc.costs:
+        if not mc.costs or self.compaction != "exact":
             return {}
         small = self._compact(model, genome).model.to(self.device)
         x = self.data.train.inputs(slice(0, mc.latency_batch)).to(self.device)
@@ -253,6 +279,7 @@ class Evolution:
             "generations_done": last["generation"],
             "metric": self.task.metric,
             "stopped": stopped,
+            "compaction": self.compaction,
             "best": {k: v for k, v in best.items() if k != "layers"},
         }
 

@@ -48,10 +48,12 @@ class ChannelGroup:
 class Coupling:
     """Channel groups of a model, built once per architecture."""
 
-    def __init__(self, groups: list[ChannelGroup], layers: dict[str, Layer], dg=None):
+    def __init__(self, groups: list[ChannelGroup], layers: dict[str, Layer], dg=None,
+                 error: str | None = None):
         self.groups = groups
         self.layers = layers
         self.dg = dg  # the Torch-Pruning graph, bound to the model it was built on
+        self.error = error  # why Torch-Pruning could not trace the model, if it could not
 
     @classmethod
     def build(cls, model: nn.Module, example_input: torch.Tensor, layers: dict[str, Layer]):
@@ -62,9 +64,10 @@ class Coupling:
             raw = list(dg.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d,
                                                              nn.Linear)))
         except Exception as exc:  # an op Torch-Pruning cannot trace: evolve without coupling
-            warnings.warn(f"no channel coupling ({type(exc).__name__}: {exc}); dead filters "
-                          "will not silence the synapses that read them", stacklevel=2)
-            return cls([], layers)
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+            warnings.warn(f"no channel coupling ({why}); dead filters will not silence the "
+                          "synapses that read them, and compaction is off", stacklevel=2)
+            return cls([], layers, error=why)
         groups = []
         for g in raw:
             group = ChannelGroup(len(g[0].idxs), (g[0].dep.target.module, g[0].dep.handler))
