@@ -14,6 +14,7 @@ import evosynth
 from evosynth.config import load_config
 from evosynth.costs import machine
 from evosynth.report import markdown_table
+from evosynth.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def main() -> None:
     if weights is None:
         anc = load_config(args.config, {**base, "evolution.generations": 0})
         evosynth.run(anc, out / "ancestor", force=True, progress=False, log=lambda s: None)
-        weights = str(out / "ancestor" / "generations" / "0" / "weights.safetensors")
+        weights = str(RunDir(out / "ancestor").weights_path(0))
     hist = {}
     for flag in (False, True):
         cfg = load_config(args.config, {**base, "ancestor_weights": weights,

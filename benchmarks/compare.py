@@ -41,6 +41,7 @@ from evosynth.data import Splits
 from evosynth.genome import Genome
 from evosynth.io import write_text
 from evosynth.report import markdown_table
+from evosynth.rundir import RunDir
 from evosynth.seeding import generator
 from evosynth.train import evaluate, train
 
@@ -251,7 +252,7 @@ def main() -> None:
                              "ancestor_weights": args.ancestor_weights})
     anc_run = evosynth.run(cfg, out / "ancestor", force=True, progress=False,
                            log=lambda s: None)
-    weights = out / "ancestor" / "generations" / "0" / "weights.safetensors"
+    weights = RunDir(out / "ancestor").weights_path(0)
     cfg = load_config(None, over)
     model, data = evosynth.build(cfg)
     model.load_state_dict(anc_run.best_model.state_dict())

@@ -24,6 +24,7 @@ import evosynth
 from evosynth.config import validate
 from evosynth.costs import machine
 from evosynth.report import markdown_table
+from evosynth.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, dict] = {
@@ -98,8 +99,7 @@ def main() -> None:
     base = merge(base, json.loads(args.base))
     anc = evosynth.run(validate(merge(base, {"evolution": {"generations": 0}})),
                        out / "ancestor", force=True, progress=False)
-    base["ancestor_weights"] = str(out / "ancestor" / "generations" / "0" /
-                                   "weights.safetensors")
+    base["ancestor_weights"] = str(RunDir(out / "ancestor").weights_path(0))
     print(f"ancestor: val {anc.history[0]['val_accuracy']:.2%}, "
           f"test {anc.history[0]['test_accuracy']:.2%}", flush=True)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)

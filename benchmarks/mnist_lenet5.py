@@ -16,6 +16,7 @@ import evosynth
 from evosynth.config import load_config
 from evosynth.costs import machine
 from evosynth.report import columns, markdown_table, write_results
+from evosynth.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = columns("generation", "test_accuracy", "val_accuracy", "synapses", "kernel_clusters",
@@ -44,7 +45,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     anc_cfg = load_config(args.cluster_config, {**common, "evolution.generations": 0})
     anc = evosynth.run(anc_cfg, out / "ancestor", force=True, progress=False)
-    weights = out / "ancestor" / "generations" / "0" / "weights.safetensors"
+    weights = RunDir(out / "ancestor").weights_path(0)
 
     results = {}
     for name, path in (("cluster", args.cluster_config), ("synaptic", args.synaptic_config)):

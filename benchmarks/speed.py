@@ -105,8 +105,10 @@ def main() -> None:
         ok = [r for r in hist.values() if r["test_accuracy"] >= args.min_test]
         args.generation = min(ok, key=lambda r: (r.get("compact_macs", 0), r["synapses"])
                               )["generation"]
-    ancestor, _, cfg, example = load_run(args.run_dir, 0)
-    child, genome, _, _ = load_run(args.run_dir, args.generation)
+    anc = load_run(args.run_dir, 0)
+    ancestor, cfg, example = anc.model, anc.config, anc.example
+    best = load_run(args.run_dir, args.generation)
+    child, genome = best.model, best.genome
     small = compact(child, example, genome.masks, tuple(cfg.encoding.exclude))
     with torch.no_grad():
         exact = float((small.model(example) - child(example)).abs().max())

@@ -3,8 +3,11 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from evosynth.evolution import HISTORY_KEYS
 
 from .conftest import run_cli, snapshot
 
@@ -29,6 +32,11 @@ def test_evolve_show_and_history_keys(finished_run, monkeypatch, capsys):
     assert code == 0 and "| gen |" in out and "best generation" in out
     rows = [json.loads(x) for x in (finished_run / "history.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in rows] == [0, 1]
+    for r in rows:
+        assert set(HISTORY_KEYS) | {"val_accuracy", "test_accuracy", "layers"} <= set(r)
+    # the table shows each generation's recorded numbers
+    for r in rows:
+        assert f"| {r['generation']} | {100 * r['val_accuracy']:.2f} |" in out
 
 
 @pytest.mark.parametrize("args,message", [
@@ -88,6 +96,11 @@ def test_resume_of_missing_dir(tmp_path, monkeypatch, capsys):
 
 
 def test_console_script_installed():
-    r = subprocess.run([sys.executable, "-m", "evosynth.cli", "--help"], capture_output=True,
-                       text=True, check=False)
+    script = Path(sys.executable).with_name("evosynth")
+    assert script.is_file(), "the evosynth console script is not installed beside python"
+    r = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and "evolve" in r.stdout and "resume" in r.stdout
+    r = subprocess.run([str(script), "evolve", "--model", "nope", "--dataset", "digits",
+                        "--out", "x"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and r.stderr.startswith("evosynth: error: unknown model")

@@ -8,7 +8,7 @@ from torch import nn
 
 from evosynth.clusters import prunable_layers
 from evosynth.compact import compact
-from evosynth.genome import Genome
+from evosynth.genome import Genome, apply_param_masks, weight_masks
 from evosynth.graph import Coupling
 from evosynth.models.lenet import LeNet5, LeNet300
 
@@ -72,17 +72,10 @@ def masked_copy(model, masks, zero_bias: bool, ex: torch.Tensor):
     """The masked network as training leaves it (zero_bias: evosynth's coupled masks) or as a
     plain mask leaves it (biases and BatchNorm shifts of dead filters still live)."""
     net = copy.deepcopy(model).eval()
-    mods = dict(net.named_modules())
-    with torch.no_grad():
-        for name, m in masks.items():
-            mods[name].weight.mul_(m)
+    apply_param_masks(net, weight_masks(masks))
     if zero_bias:
-        layers = prunable_layers(net)
-        coupling = Coupling.build(net, ex, layers)
-        params = dict(net.named_parameters())
-        with torch.no_grad():
-            for pname, pm in coupling.param_masks(net, masks).items():
-                params[pname].mul_(pm)
+        coupling = Coupling.build(net, ex, prunable_layers(net))
+        apply_param_masks(net, coupling.param_masks(net, masks))
     return net
 
 
@@ -163,9 +156,7 @@ def test_expand_into_writes_compact_training_back():
     with torch.no_grad():
         for p in c.model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-        params = dict(c.model.named_parameters())
-        for n, m in pm.items():
-            params[n].mul_(m)
+    apply_param_masks(c.model, pm)
     c.expand_into(ref)
     x = torch.randn(8, 3, 12, 12)
     assert (c.model(x) - ref(x)).abs().max() <= 1e-5

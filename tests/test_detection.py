@@ -2,7 +2,6 @@
 compaction through inception concatenations, and a detection generation end to end."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +19,8 @@ from evosynth.errors import UserError
 from evosynth.genome import Genome, apply_param_masks
 from evosynth.graph import Coupling
 from evosynth.models.detectnet import detectnet_small
+
+from .conftest import run_cli
 
 CLASSES = ("Car", "Pedestrian", "Cyclist")
 TAIL = "1.50 1.60 3.70 -3.0 1.7 12.0 -1.5"
@@ -266,9 +267,7 @@ def tiny_scenes(root):
     return root
 
 
-def test_detection_generation_end_to_end(tmp_path, monkeypatch, capsys):
-    from evosynth.cli import main
-
+def test_detection_generation_end_to_end(tmp_path, capsys):
     tiny_scenes(tmp_path / "k")
     cfg = tmp_path / "det.yaml"
     cfg.write_text("data: {classes: [zero, one, two]}\nmodel_args: {width: 0.125, blocks: 3}\n"
@@ -277,22 +276,18 @@ def test_detection_generation_end_to_end(tmp_path, monkeypatch, capsys):
                    "measure: {costs: false}\n"
                    "train: {batch_size: 8}\nancestor_train: {batch_size: 8}\n")
     out = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["evosynth", "evolve", "--model", "detectnet-small",
-                                      "--dataset", "kitti", "--data-dir", str(tmp_path / "k"),
-                                      "--config", str(cfg), "--generations", "1", "--epochs",
-                                      "1", "--ancestor-epochs", "1", "--no-progress",
-                                      "--out", str(out)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-        raise SystemExit(0)
-    assert exc.value.code == 0, capsys.readouterr().err
+    code, stdout, err = run_cli(capsys, "evolve", "--model", "detectnet-small", "--dataset",
+                                "kitti", "--data-dir", tmp_path / "k", "--config", cfg,
+                                "--generations", "1", "--epochs", "1", "--ancestor-epochs",
+                                "1", "--no-progress", "--out", out)
+    assert code == 0, err
     hist = [json.loads(line) for line in (out / "history.jsonl").open()]
     assert [h["generation"] for h in hist] == [0, 1]
     for h in hist:
         assert 0 <= h["val_map"] <= 1 and 0 <= h["test_map"] <= 1
         assert set(h["test_ap"]) <= {"zero", "one", "two"} and "val_accuracy" not in h
     assert hist[1]["synapses"] < hist[0]["synapses"]
-    assert "val mAP" in capsys.readouterr().out
+    assert "val mAP" in stdout
 
 
 def test_python_api_evolves_a_detector_with_its_task(tmp_path):
@@ -319,15 +314,9 @@ def test_python_api_evolves_a_detector_with_its_task(tmp_path):
                         task=loaded.task, log=lambda line: None)
 
 
-def test_scenes_command_writes_kitti_folders_once(fake_mnist, tmp_path, monkeypatch, capsys):
-    from evosynth.cli import main
-
+def test_scenes_command_writes_kitti_folders_once(fake_mnist, tmp_path, capsys):
     def cli(*args):
-        monkeypatch.setattr(sys, "argv", ["evosynth", "scenes", *map(str, args)])
-        with pytest.raises(SystemExit) as exc:
-            main()
-            raise SystemExit(0)
-        return exc.value.code
+        return run_cli(capsys, "scenes", *args)[0]
 
     out = tmp_path / "scenes"
     assert cli(out, "--mnist-dir", fake_mnist, "--train", 3, "--test", 2, "--digits", "3,7") == 0
@@ -337,7 +326,7 @@ def test_scenes_command_writes_kitti_folders_once(fake_mnist, tmp_path, monkeypa
              for line in f.read_text().splitlines()}
     assert names <= {"three", "seven", "DontCare"} and names & {"three", "seven"}
     before = sorted(p.read_bytes() for p in out.rglob("*.txt"))
-    assert cli(out, "--mnist-dir", fake_mnist) == 2
-    assert "already holds scenes" in capsys.readouterr().err
+    code, _, err = run_cli(capsys, "scenes", out, "--mnist-dir", fake_mnist)
+    assert code == 2 and "already holds scenes" in err
     assert sorted(p.read_bytes() for p in out.rglob("*.txt")) == before
     assert cli(tmp_path / "x", "--mnist-dir", fake_mnist, "--digits", "1,12") == 2

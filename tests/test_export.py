@@ -26,7 +26,8 @@ def run(tmp_path_factory):
 
 
 def test_onnx_matches_pytorch(run, tmp_path):
-    model, genome, _, example = load_run(run)
+    r = load_run(run)
+    model, genome, example = r.model, r.genome, r.example
     small = compact(model, example, genome.masks).model
     assert small.conv1.out_channels < 20
     diff = export_onnx(small, example, tmp_path / "m.onnx")
@@ -39,7 +40,8 @@ def test_onnx_matches_pytorch(run, tmp_path):
 
 
 def test_safetensors_reload_computes_the_same(run, tmp_path):
-    model, genome, _, example = load_run(run, generation=2)
+    r = load_run(run, generation=2)
+    model, genome, example = r.model, r.genome, r.example
     small = compact(model, example, genome.masks).model
     export_safetensors(small, tmp_path / "m.safetensors", {"model": "lenet5"})
     back = load_safetensors(LeNet5(), tmp_path / "m.safetensors")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .clusters import prunable_layers
 from .config import RunConfig, validate
 from .data import Splits, TensorData, load_dataset, split_validation
 from .errors import UserError
 from .evolution import Evolution, EvolutionResult
+from .genome import Genome
 from .io import read_safetensors
 from .models import build_model
 from .rundir import RunDir
@@ -150,23 +153,34 @@ def _match_environment(rd: RunDir, log: Callable[[str], None]) -> None:
             f"{resolve_device(rd.config().device)} may change the results")
 
 
-def load_run(run_dir: str | Path, generation: int | None = None):
-    """(model with the generation's weights, its Genome, the run's config, example input).
+@dataclass
+class LoadedRun:
+    """A generation of a run, rebuilt from its directory."""
 
-    ``generation`` defaults to the run's best (summary.json)."""
+    model: nn.Module  # with the generation's weights, in eval mode
+    genome: Genome
+    config: RunConfig
+    example: torch.Tensor  # a batch of training inputs, for compaction and export
+
+
+def load_run(run_dir: str | Path, generation: int | None = None) -> LoadedRun:
+    """A registry run's generation (default: its best, from summary.json)."""
     rd = RunDir(run_dir)
     cfg = rd.config()
-    model, data = build(cfg)
+    try:
+        model, data = build(cfg)
+    except UserError as exc:
+        raise UserError(f"{rd.path} was made from Python with a model or data evosynth cannot "
+                        f"rebuild ({exc}); export from Python: export_onnx(compact(model, "
+                        "example, masks).model, example, path)") from None
     done = rd.complete_generations()
     if generation is None:
         generation = rd.best_generation()
     if generation not in done:
         raise UserError(f"{rd.path}: generation {generation} is not complete; "
                         f"complete: {done or 'none'}")
-    from .clusters import prunable_layers
-
     genome = rd.load_generation(generation, model, prunable_layers(model, cfg.encoding.exclude))
-    return model.eval(), genome, cfg, data.train.inputs(slice(0, 8))
+    return LoadedRun(model.eval(), genome, cfg, data.train.inputs(slice(0, 8)))
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -219,7 +233,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", generation: int | None = 
             raise UserError(f"--out {out}: {t} is one of the run's own files")
         if (t.exists() or t.is_symlink()) and not force:
             raise UserError(f"{t} exists; pass --force to overwrite it")
-    model, genome, cfg, example = load_run(run_dir, g)
+    run = load_run(run_dir, g)
+    model, genome, cfg, example = run.model, run.genome, run.config, run.example
     small = compact(model, example, genome.masks, tuple(cfg.encoding.exclude)).model
     if fmt == "onnx":
         diff = export_onnx(small, example, out)

@@ -18,7 +18,7 @@ from torch import nn
 
 from .clusters import prunable_layers
 from .errors import UserError
-from .genome import Genome
+from .genome import Genome, apply_param_masks, weight_masks
 from .graph import ChannelGroup, Coupling
 
 CONST_TOL = 1e-6
@@ -146,9 +146,7 @@ def compact(model: nn.Module, example_input: torch.Tensor,
     modules = dict(net.named_modules())
     if masks is None:
         masks = Genome.from_weights(net, layers).masks
-    with torch.no_grad():
-        for name, mask in masks.items():
-            modules[name].weight.mul_(mask.to(modules[name].weight.device))
+    apply_param_masks(net, weight_masks(masks))
     coupling = Coupling.build(net, example_input, layers)
     if coupling.error:
         raise CompactionError(f"compaction and speed-ups are off for this model: "

@@ -104,7 +104,9 @@ def readers_of(coupling, layers: dict[str, Layer]) -> tuple[dict[str, list[Reade
 
 
 class Encoding:
-    """The synaptic (Darwin) encoding; ``ClusterEncoding`` adds the cluster draws."""
+    """What both encodings share: factors, synapse draws, output protection. The encoding
+    is the policy: it decides which layers are protected and whether channels tied by a
+    residual addition are one cluster; the coupling (``graph``) only carries it out."""
 
     def __init__(self, cfg: EncodingConfig, layers: dict[str, Layer],
                  ties: list[ChannelGroup] = (), coupling=None):
@@ -131,6 +133,17 @@ class Encoding:
 
     def is_protected(self, name: str) -> bool:
         return self.cfg.protect_output and name == self.output_layer
+
+    @property
+    def protected(self) -> set[str]:
+        """Layers whose filters (the network's outputs) never die."""
+        return {self.output_layer} if self.cfg.protect_output and self.output_layer else set()
+
+    @property
+    def tie(self) -> bool:
+        """Channels that a residual addition ties across layers are one cluster: at filter
+        level in the cluster encoding; per kernel or synapse otherwise."""
+        return isinstance(self, ClusterEncoding) and self.cfg.granularity != "kernel"
 
     def synapse_probability(self, weight: torch.Tensor, mask: torch.Tensor, factor: float
                             ) -> torch.Tensor:
@@ -187,6 +200,10 @@ class Encoding:
         """Overwrite ``drawn`` for filters tied across layers; return, per layer, the
         filters that must keep a synapse. The synaptic encoding draws no clusters."""
         return {}
+
+
+class SynapticEncoding(Encoding):
+    """The Darwin baseline: synapses drawn one by one, no cluster draw."""
 
 
 class ClusterEncoding(Encoding):
@@ -351,5 +368,5 @@ def _keep_synapse(child: torch.Tensor, parent: torch.Tensor, weight: torch.Tenso
 
 def make_encoding(cfg: EncodingConfig, layers: dict[str, Layer],
                   ties: list[ChannelGroup] = (), coupling=None) -> Encoding:
-    return (ClusterEncoding if cfg.kind == "cluster" else Encoding)(cfg, layers, ties,
-                                                                    coupling)
+    return (ClusterEncoding if cfg.kind == "cluster" else SynapticEncoding)(cfg, layers, ties,
+                                                                            coupling)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checks import check_data
 from .clusters import Layer, prunable_layers
 from .compact import CompactionError, compact
 from .config import RunConfig, schedule_at
@@ -28,10 +29,11 @@ from .encoding import Environment, make_encoding
 from .environment import factors as env_factors
 from .environment import headroom, next_pressure, retries
 from .errors import UserError
-from .genome import Genome, apply_param_masks
+from .genome import Genome, apply_param_masks, layer_weights
 from .graph import Coupling
 from .io import read_json, read_safetensors, save_safetensors, write_json
 from .progress import Mode, RunProgress
+from .report import format_record
 from .rundir import RunDir
 from .seeding import generator, resolve_device
 from .tasks import CLASSIFICATION
@@ -108,10 +110,6 @@ class Evolution:
                          if cfg.encoding.couple else Coupling([], self.layers))
         self.encoding = make_encoding(cfg.encoding, self.layers, self.coupling.ties(),
                                       self.coupling)
-        # residual-aware clusters: at filter granularity a tied channel is one cluster
-        self.tie = cfg.encoding.kind == "cluster" and cfg.encoding.granularity != "kernel"
-        self.protected = ({self.encoding.output_layer}
-                          if cfg.encoding.protect_output and self.encoding.output_layer else set())
         self.history: list[dict[str, Any]] = []
         self.compaction = self._dry_run()  # "exact", or why compaction is off
 
@@ -123,12 +121,12 @@ class Evolution:
         if not (self.cfg.evolution.compact_training or self.cfg.measure.costs):
             return "not used"
         model = copy.deepcopy(self.model).cpu()
-        weights = {n: m.weight.detach() for n, m in model.named_modules() if n in self.layers}
+        weights = layer_weights(model, self.layers)
         dense = Genome.dense(model, self.layers)
         masks = self.encoding.sample(weights, dense.masks, 1, generator(self.cfg.seed, "dry"),
                                      Environment(cluster=0.7, synapse=0.85, kernel=0.85))
-        genome = Genome(self.layers, self.coupling.propagate(masks, self.protected,
-                                                             tie=self.tie))
+        genome = Genome(self.layers, self.coupling.propagate(masks, self.encoding.protected,
+                                                             tie=self.encoding.tie))
         apply_param_masks(model, self.coupling.param_masks(model, genome.masks))
         try:
             small = self._compact(model, genome).model.train()
@@ -339,11 +337,13 @@ class Evolution:
         and evaluate it. Depends only on the parent, these numbers and the run seed."""
         ev, seed = self.cfg.evolution, self.cfg.seed
         at = (g, k) if attempt == 0 else (g, k, "try", attempt)
-        parent_w = {n: m.weight.detach() for n, m in self.model.named_modules()
-                    if n in self.layers or isinstance(m, nn.modules.batchnorm._NormBase)}
+        norms = {n for n, m in self.model.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None}
+        parent_w = layer_weights(self.model, set(self.layers) | norms)  # + BatchNorm scales
         masks = self.encoding.sample(parent_w, self.genome.masks, g,
                                      generator(seed, "sample", *at), env)
-        masks = self.coupling.propagate(masks, self.protected, tie=self.tie)
+        masks = self.coupling.propagate(masks, self.encoding.protected,
+                                       tie=self.encoding.tie)
         child = copy.deepcopy(self.model)
         if ev.weights == "scratch":
             reinitialize(child, self.layers, generator(seed, "scratch", *at))
@@ -458,50 +458,3 @@ class Evolution:
 def _tag(g: int, attempt: int, what: str) -> str:
     """Checkpoint names: ``gen3-0`` (offspring 0), ``gen3-t1-best`` (second try's best)."""
     return f"gen{g}-{what}" if attempt == 0 else f"gen{g}-t{attempt}-{what}"
-
-
-def check_data(model: nn.Module, data: Splits, task) -> None:
-    """Seconds, not hours: refuse data the model cannot take before the ancestor trains."""
-    shape = tuple(data.train.x.shape[1:])
-    for name, split in (("validation", data.val), ("test", data.test)):
-        if split is not None and tuple(split.x.shape[1:]) != shape:
-            raise UserError(f"{name} inputs have shape {tuple(split.x.shape[1:])}, training "
-                            f"inputs {shape}")
-    for name, split in (("training", data.train), ("validation", data.val),
-                        ("test", data.test)):
-        if split is not None and split.x.is_floating_point() and not bool(
-                torch.isfinite(split.x).all()):
-            raise UserError(f"the {name} inputs hold NaN or infinite values")
-    x, y = data.train.inputs(slice(0, 2)), data.train.y[:2]
-    probe = copy.deepcopy(model).cpu().eval()
-    with torch.no_grad():
-        out = _probe(lambda: probe(x.cpu()))
-        check = getattr(task, "check_targets", None)
-        if check is not None:
-            for name, split in (("training", data.train), ("validation", data.val),
-                                ("test", data.test)):
-                if split is not None:
-                    check(out, split.y, name)
-        _probe(lambda: task.loss(out, y.cpu()))
-
-
-def _probe(step: Callable[[], Any]) -> Any:
-    try:
-        return step()
-    except Exception as exc:  # any failure here is the data not fitting the model
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"the model cannot take the training data ({type(exc).__name__}: "
-                        f"{why})") from None
-
-
-def format_record(r: dict[str, Any]) -> str:
-    metric = r.get("metric", "accuracy")
-    name = "mAP " if metric == "map" else ""
-    test = r[f"test_{metric}"]
-    test = f"{100 * test:.2f}%" if test is not None else "n/a"
-    flag = "" if r["meets_floor"] else "  (below floor)"
-    return (f"gen {r['generation']:>3} | val {name}{100 * r[f'val_{metric}']:.2f}% "
-            f"test {name}{test} | "
-            f"synapses {r['synapses']:,} ({r['synaptic_efficiency']:.1f}x) | "
-            f"kernels {r['kernel_clusters']:,} ({r['cluster_efficiency']:.2f}x) | "
-            f"filters {r['filters']:,} | {r['wall_seconds']:.1f}s{flag}")

@@ -66,6 +66,17 @@ class Genome:
         return cls(layers, {n: raw[n].bool() for n in layers})
 
 
+def layer_weights(model: nn.Module, layers: dict[str, Layer] | set[str]
+                  ) -> dict[str, torch.Tensor]:
+    """The weights of ``layers`` by name: what an encoding reads a parent's strengths from."""
+    return {n: m.weight.detach() for n, m in model.named_modules() if n in layers}
+
+
+def weight_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Parameter masks of the weights alone (``apply_param_masks`` takes them)."""
+    return {f"{name}.weight": mask for name, mask in masks.items()}
+
+
 def apply_param_masks(model: nn.Module, param_masks: dict[str, torch.Tensor]) -> None:
     """Zero every masked parameter entry (after each optimizer step, and once at birth)."""
     params = dict(model.named_parameters())

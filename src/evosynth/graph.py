@@ -15,7 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .clusters import Layer, live_filters
+from .clusters import PRUNABLE_TYPES, Layer, live_filters
 
 
 @dataclass
@@ -61,8 +61,7 @@ class Coupling:
         try:
             with torch.enable_grad():  # Torch-Pruning traces through autograd
                 dg = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
-            raw = list(dg.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d,
-                                                             nn.Linear)))
+            raw = list(dg.get_all_groups(root_module_types=PRUNABLE_TYPES))
         except Exception as exc:  # an op Torch-Pruning cannot trace: evolve without coupling
             why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             warnings.warn(f"no channel coupling ({why}); dead filters will not silence the "
@@ -77,7 +76,7 @@ class Coupling:
                 if name is None or not isinstance(module, nn.Module):
                     continue  # functional ops (flatten, add, cat) carry indices only
                 handler = item.dep.handler
-                is_prunable = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+                is_prunable = isinstance(module, PRUNABLE_TYPES)
                 if dg.is_out_channel_pruning_fn(handler):
                     role = "out" if is_prunable else "aux"
                 elif dg.is_in_channel_pruning_fn(handler) and is_prunable:

@@ -108,3 +108,16 @@ def write_results(out: Path, text: str, histories: dict[str, list[dict[str, Any]
         {"machine": machine, "total_seconds": total_seconds,
          "history": {k: [{kk: vv for kk, vv in r.items() if kk != "layers"} for r in v]
                      for k, v in histories.items()}}, indent=1))
+
+
+def format_record(r: dict[str, Any]) -> str:
+    metric = r.get("metric", "accuracy")
+    name = "mAP " if metric == "map" else ""
+    test = r[f"test_{metric}"]
+    test = f"{100 * test:.2f}%" if test is not None else "n/a"
+    flag = "" if r["meets_floor"] else "  (below floor)"
+    return (f"gen {r['generation']:>3} | val {name}{100 * r[f'val_{metric}']:.2f}% "
+            f"test {name}{test} | "
+            f"synapses {r['synapses']:,} ({r['synaptic_efficiency']:.1f}x) | "
+            f"kernels {r['kernel_clusters']:,} ({r['cluster_efficiency']:.2f}x) | "
+            f"filters {r['filters']:,} | {r['wall_seconds']:.1f}s{flag}")

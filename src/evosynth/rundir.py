@@ -224,6 +224,10 @@ class RunDir:
             shutil.rmtree(final)
         os.replace(tmp, final)
 
+    def weights_path(self, g: int) -> Path:
+        """A generation's weights: what ``ancestor_weights`` takes from another run."""
+        return self.generation_dir(g) / "weights.safetensors"
+
     def complete_generations(self) -> list[int]:
         """0..g for the longest run of complete generation directories."""
         done, g = [], 0
