@@ -43,7 +43,8 @@ from evosynth.io import write_text
 from evosynth.report import markdown_table
 from evosynth.rundir import RunDir
 from evosynth.seeding import generator
-from evosynth.train import evaluate, train
+from evosynth.tasks import accuracy as evaluate
+from evosynth.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = (("method", "method", "{}"), ("step", "step", "{}"),

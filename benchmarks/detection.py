@@ -18,7 +18,7 @@ import evosynth
 from evosynth.config import load_config
 from evosynth.costs import machine
 from evosynth.data.mnist import load_mnist_arrays
-from evosynth.data.scenes import write_scenes
+from evosynth.detection.scenes import write_scenes
 from evosynth.report import best_within, columns, markdown_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]

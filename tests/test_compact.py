@@ -8,8 +8,8 @@ from torch import nn
 
 from evosynth.clusters import prunable_layers
 from evosynth.compact import compact
+from evosynth.coupling import Coupling
 from evosynth.genome import Genome, apply_param_masks, weight_masks
-from evosynth.graph import Coupling
 from evosynth.models.lenet import LeNet5, LeNet300
 
 

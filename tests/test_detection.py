@@ -11,13 +11,13 @@ from pytest import approx
 
 from evosynth.clusters import prunable_layers
 from evosynth.compact import compact
-from evosynth.data.kitti import Objects, load_kitti, parse_label_file
-from evosynth.data.scenes import write_scenes
+from evosynth.coupling import Coupling
 from evosynth.detection.grid import GridCoder, nms
+from evosynth.detection.kitti import Objects, load_kitti, parse_label_file
 from evosynth.detection.metrics import average_precision
+from evosynth.detection.scenes import write_scenes
 from evosynth.errors import UserError
 from evosynth.genome import Genome, apply_param_masks
-from evosynth.graph import Coupling
 from evosynth.models.detectnet import detectnet_small
 
 from .conftest import run_cli

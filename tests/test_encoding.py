@@ -6,9 +6,9 @@ from torch import nn
 
 from evosynth.clusters import cluster_view, prunable_layers
 from evosynth.config import EncodingConfig, validate
+from evosynth.coupling import Coupling
 from evosynth.encoding import make_encoding, survival_probability
 from evosynth.errors import UserError
-from evosynth.graph import Coupling
 from evosynth.models.lenet import LeNet5
 from evosynth.seeding import generator
 

@@ -6,9 +6,9 @@ from torch import nn
 
 from evosynth.clusters import prunable_layers
 from evosynth.config import TrainConfig
+from evosynth.coupling import Coupling
 from evosynth.data import TensorData
 from evosynth.genome import Genome, apply_param_masks
-from evosynth.graph import Coupling
 from evosynth.models.lenet import LeNet5
 from evosynth.train import train
 

@@ -8,11 +8,11 @@ import torch
 from evosynth.clusters import live_filters, prunable_layers
 from evosynth.compact import compact
 from evosynth.config import EncodingConfig, TrainConfig
+from evosynth.coupling import Coupling
 from evosynth.data import TensorData
 from evosynth.encoding import make_encoding
 from evosynth.errors import UserError
 from evosynth.genome import Genome, apply_param_masks, layer_weights
-from evosynth.graph import Coupling
 from evosynth.models import build_model
 from evosynth.models.alexnet import AlexNetCifar
 from evosynth.models.resnet import resnet56

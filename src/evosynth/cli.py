@@ -155,7 +155,7 @@ def scenes(
 ) -> None:
     """Write detection scenes of real MNIST digits in the KITTI object format."""
     from .data.mnist import load_mnist_arrays
-    from .data.scenes import NAMES, write_scenes
+    from .detection.scenes import NAMES, write_scenes
 
     try:
         wanted = tuple(int(d) for d in digits.split(","))

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .clusters import prunable_layers
+from .coupling import ChannelGroup, Coupling
 from .errors import UserError
 from .genome import Genome, apply_param_masks, weight_masks
-from .graph import ChannelGroup, Coupling
 
 CONST_TOL = 1e-6
 EXACT_RTOL = 1e-4  # compact vs masked outputs: relative to the output's scale

@@ -14,7 +14,7 @@ import torch
 
 from .clusters import Layer, cluster_view, live_filters, matches, resolve_output_layer
 from .config import EncodingConfig, factor_at
-from .graph import ChannelGroup
+from .coupling import ChannelGroup
 
 _BISECT_STEPS = 100
 

@@ -24,13 +24,13 @@ from .clusters import Layer, prunable_layers
 from .compact import CompactionError, compact
 from .config import RunConfig, schedule_at
 from .costs import count_macs, count_params, latency_ms, size_bytes
+from .coupling import Coupling
 from .data import Splits
 from .encoding import Environment, make_encoding
 from .environment import factors as env_factors
 from .environment import headroom, next_pressure, retries
 from .errors import UserError
 from .genome import Genome, apply_param_masks, layer_weights
-from .graph import Coupling
 from .io import read_json, read_safetensors, save_safetensors, write_json
 from .progress import Mode, RunProgress
 from .report import format_record

@@ -8,13 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-# every per-generation column a table may show: (header, history key, format)
+# every per-generation column a table may show: (header, history key, format); a task's
+# score columns (val_<metric>, test_<metric>) are made from its metric's name
 CATALOGUE = {c[1]: c for c in (
     ("gen", "generation", "{}"),
-    ("val %", "val_accuracy", "{:.2%}"),
-    ("test %", "test_accuracy", "{:.2%}"),
-    ("val mAP %", "val_map", "{:.2%}"),
-    ("test mAP %", "test_map", "{:.2%}"),
     ("synapses", "synapses", "{:,}"),
     ("syn eff", "synaptic_efficiency", "{:.1f}x"),
     ("kernels", "kernel_clusters", "{:,}"),
@@ -25,10 +22,18 @@ CATALOGUE = {c[1]: c for c in (
     ("ms", "latency_ms", "{:.2f}"),
     ("wall s", "wall_seconds", "{:.1f}"),
 )}
+METRIC_NAMES = {"accuracy": "", "map": "mAP "}  # how a metric is headed (accuracy: plain %)
+
+
+def metric_column(key: str) -> tuple[str, str, str]:
+    """``val_accuracy`` -> ("val %", ...), ``test_map`` -> ("test mAP %", ...)."""
+    split, metric = key.split("_", 1)
+    name = METRIC_NAMES.get(metric, f"{metric} ")
+    return (f"{split} {name}%", key, "{:.2%}")
 
 
 def columns(*keys: str) -> list[tuple[str, str, str]]:
-    return [CATALOGUE[k] for k in keys]
+    return [CATALOGUE[k] if k in CATALOGUE else metric_column(k) for k in keys]
 
 
 COLUMNS = columns("generation", "val_accuracy", "test_accuracy", "synapses",
@@ -52,7 +57,9 @@ def markdown_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
 
 def history_table(history: list[dict[str, Any]], summary: dict[str, Any] | None) -> str:
     """The per-generation table of ``evosynth show``: the columns the run recorded."""
-    cols = [c for c in CATALOGUE.values() if any(c[1] in r for r in history)]
+    metric = history[0].get("metric", "accuracy") if history else "accuracy"
+    present = [c for c in CATALOGUE.values() if any(c[1] in r for r in history)]
+    cols = [present[0], *columns(f"val_{metric}", f"test_{metric}"), *present[1:]]
     lines = [markdown_table(history, cols)]
     if summary:
         floor = summary.get("floor")

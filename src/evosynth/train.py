@@ -109,15 +109,3 @@ def soft_loss(out: torch.Tensor, teacher: nn.Module, x: torch.Tensor, cfg: Train
     t2 = cfg.temperature ** 2
     return t2 * F.kl_div(F.log_softmax(out / cfg.temperature, dim=1), target,
                          reduction="batchmean")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, device: torch.device,
-             batch_size: int = 1000) -> float:
-    """Top-1 accuracy in [0, 1] (the classification task's fitness)."""
-    model.to(device).eval()
-    correct = 0
-    for i in range(0, len(data), batch_size):
-        x = data.inputs(slice(i, i + batch_size)).to(device)
-        correct += int((model(x).argmax(dim=1).cpu() == data.y[i:i + batch_size]).sum())
-    return correct / max(1, len(data))

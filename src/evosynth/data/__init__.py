@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..config import DataConfig
 from ..errors import UserError
+
+if TYPE_CHECKING:  # tasks read data; data only names the type
+    from ..tasks import Task
 
 # a training batch's inputs and targets, transformed together
 Augment = Callable[[torch.Tensor, torch.Tensor, torch.Generator],
@@ -53,7 +56,7 @@ class Splits:
     val: TensorData
     test: TensorData | None
     num_classes: int
-    task: Any = None  # a tasks.Task; None: classification
+    task: Task | None = None  # None: classification
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,7 +70,7 @@ class Loaded:
     train: TensorData
     test: TensorData | None
     num_classes: int
-    task: Any = None
+    task: Task | None = None
     prepared: bool = False  # the loader applied the data options itself (detection)
 
 
@@ -105,7 +108,7 @@ def _cifar10(data_dir: str | None, cfg: DataConfig) -> Loaded:
 
 
 def _kitti(data_dir: str | None, cfg: DataConfig) -> Loaded:
-    from .kitti import load_kitti
+    from ..detection.kitti import load_kitti
 
     return load_kitti(data_dir, cfg)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..data import TensorData
-from ..data.kitti import DetectionData
+from .data import DetectionData
 from .grid import GridCoder
 from .metrics import average_precision
 

@@ -9,42 +9,21 @@ detections there and evaluation ignores them. Objects of classes not asked for a
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..detection.augment import GridAugment
-from ..detection.grid import GridCoder
+from ..data import Loaded
 from ..errors import UserError
-from . import Loaded, TensorData
+from .augment import GridAugment
+from .data import DEFAULT_CLASSES, DetectionData, Objects
+from .grid import GridCoder
+from .task import Detection
 
-DEFAULT_CLASSES = ("Car", "Pedestrian", "Cyclist")
 STRIDE = 16  # DetectNet's output stride: image sides must be multiples of it
 MEAN, STD = 0.4, 0.25  # a rough grey level of road scenes; exact values hardly matter
-
-
-@dataclass
-class Objects:
-    """One image's labels, in pixels of the image as loaded (after resizing)."""
-
-    boxes: torch.Tensor  # (k, 4) float x1 y1 x2 y2
-    labels: torch.Tensor  # (k,) int64 index into the class list
-    ignore: torch.Tensor  # (m, 4) DontCare regions
-
-
-@dataclass
-class DetectionData(TensorData):
-    """Images, the dense training targets of a detector (``y``), and the labels."""
-
-    objects: list[Objects] = field(default_factory=list)
-    classes: tuple[str, ...] = DEFAULT_CLASSES
-
-    def subset(self, idx: torch.Tensor) -> DetectionData:
-        return dataclasses.replace(self, x=self.x[idx], y=self.y[idx],
-                                   objects=[self.objects[int(i)] for i in idx])
 
 
 @dataclass(frozen=True)
@@ -157,8 +136,6 @@ TEST_FRACTION = 0.2
 def load_kitti(data_dir: str | None, cfg) -> Loaded:
     """KITTI-format data (or our digit scenes) as a detection task. Without a labelled
     ``testing/`` folder, the last 20% of ``training/`` (in file order) is the test set."""
-    from ..detection.task import Detection  # it imports this module
-
     if data_dir is None:
         raise UserError("kitti: pass --data-dir with the folder holding training/image_2 and "
                         "training/label_2 (KITTI cannot be downloaded automatically)")
