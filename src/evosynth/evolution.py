@@ -100,6 +100,8 @@ class Evolution:
             else progress
         self._observer: RunProgress | None = None
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":  # cuDNN's fastest kernels differ run to run
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         self.layers = prunable_layers(model, cfg.encoding.exclude)
         self.task = data.task or CLASSIFICATION
         self.val_key = f"val_{self.task.metric}"
@@ -163,8 +165,8 @@ class Evolution:
             def on_epoch(epoch: int, loss: float) -> None:
                 self.observer.epoch(tag, epoch, loss)
 
-            c = (self._compact(model, genome)
-                 if self.cfg.evolution.compact_training and self.compaction == "exact" else None)
+            c = (self._compact_or_none(model, genome)
+                 if self.cfg.evolution.compact_training else None)
             if c is not None and c.folded == 0:
                 # dead channels carry exact zeros, so the compact network trains the same
                 # function with the same gradients on the live entries, only cheaper
@@ -175,6 +177,18 @@ class Evolution:
                 train(model, self.data.train, train_cfg, pm, gen, self.device, desc, bars,
                       self.task.loss, ckpt, teacher, on_epoch)
         return Fitness(*self.task.evaluate(model, self.data.val, self.device))
+
+    def _compact_or_none(self, model: nn.Module, genome: Genome):
+        """The compact offspring, or None once compaction has been refused for this model
+        (said once, recorded in the summary; the run goes on masked)."""
+        if self.compaction not in ("exact", "not used"):
+            return None
+        try:
+            return self._compact(model, genome)
+        except CompactionError as exc:
+            self.log(f"warning: {exc}; evolving on without compaction")
+            self.compaction = str(exc)
+            return None
 
     def _teacher(self) -> nn.Module | None:
         """The compact parent (or ancestor) whose soft targets an offspring learns from."""
@@ -189,9 +203,10 @@ class Evolution:
 
     def _costs(self, model: nn.Module, genome: Genome) -> dict[str, Any]:
         mc = self.cfg.measure
-        if not mc.costs or self.compaction != "exact":
+        c = self._compact_or_none(model, genome) if mc.costs else None
+        if c is None:
             return {}
-        small = self._compact(model, genome).model.to(self.device)
+        small = c.model.to(self.device)
         x = self.data.train.inputs(slice(0, mc.latency_batch)).to(self.device)
         return {"compact_params": count_params(small),
                 "compact_macs": count_macs(small, x[:8]),
