@@ -112,12 +112,21 @@ def size_figure(series: list[Series]):
     plt = _pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for ax, (key, label) in zip(axes, SIZE_AXES, strict=True):
+        drawn = False
         for s in series:
             acc = f"test_{s.metric}"
             pts = [(s.value(r, key), s.value(r, acc)) for r in s.records]
             pts = [(x, 100 * y) for x, y in pts if x and y is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), "o-", ms=3, label=s.label)
+                drawn = True
+        if not drawn:  # e.g. measure.costs off: say so instead of an empty frame
+            ax.text(0.5, 0.5, f"{label}:\nnot recorded", ha="center", va="center",
+                    transform=ax.transAxes, color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        for s in series:
             floor = (s.summary or {}).get("floor")
             if floor is not None and floor > 0:
                 ax.axhline(100 * floor, color="grey", lw=0.8, ls=":")
