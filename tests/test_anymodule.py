@@ -78,3 +78,60 @@ def test_compaction_check_catches_a_wrong_network():
         b[2].bias += 0.1
     with pytest.raises(CompactionError, match="first seen at module 2"):
         verify(a, b, [X[:4]])
+
+
+class Tagger(nn.Module):
+    """Token ids in, a class per token out: (N, T) int64 -> (N, T, C)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 16)
+        self.rnn = nn.GRU(16, 24, batch_first=True)
+        self.hidden = nn.Linear(24, 32)
+        self.out = nn.Linear(32, 3)
+
+    def forward(self, tokens):
+        h, _ = self.rnn(self.embed(tokens))
+        return self.out(torch.relu(self.hidden(h)))
+
+
+def test_int64_tokens_with_per_token_targets(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 20, (400, 7), generator=g)
+    tags = tokens % 3  # learnable per token
+    torch.manual_seed(0)
+    res = evosynth.evolve(Tagger(), (tokens, tags), (tokens[:100], tags[:100]),
+                          config={**CONFIG, "measure": {"costs": False},
+                                  "ancestor_train": {"epochs": 15, "optimizer": "adam",
+                                                     "lr": 0.01}},
+                          run_dir=tmp_path / "tagger", log=lambda s: None)
+    for r in res.history:
+        assert 0 <= r["val_accuracy"] <= 1 and 0 <= r["test_accuracy"] <= 1
+    assert res.history[0]["val_accuracy"] > 0.6, "the tagger did not learn per token"
+    assert res.history[-1]["synapses"] < res.history[0]["synapses"]
+    summary = res.run_dir.summary()["compaction"]
+    if summary == "exact":  # exact, or refused in words; never silently different
+        c = compact(res.best_model, tokens[:2], res.best_genome.masks)
+        with torch.no_grad():
+            assert torch.allclose(c.model(tokens[:20]), res.best_model(tokens[:20]), atol=1e-5)
+    else:
+        assert "compaction" in summary
+
+
+def test_targets_that_cannot_match_the_outputs_are_one_line(tmp_path):
+    tokens = torch.randint(0, 20, (50, 7))
+    with pytest.raises(evosynth.UserError, match="cannot match outputs"):
+        evosynth.evolve(Tagger(), (tokens, torch.zeros(50, 5, dtype=torch.long)),
+                        config=CONFIG, run_dir=tmp_path / "r", log=lambda s: None)
+
+
+def test_compact_takes_the_masks_of_a_run_with_exclusions(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                          nn.Linear(32, 4))
+    res = evosynth.evolve(model, (X, Y), config={**CONFIG, "encoding": {"exclude": ["0"]}},
+                          run_dir=tmp_path / "ex", log=lambda s: None)
+    assert set(res.best_genome.masks) == {"2", "4"}
+    c = compact(res.best_model, X[:2], res.best_genome.masks)  # the README's call
+    with torch.no_grad():
+        assert torch.allclose(c.model(X[:50]), res.best_model.eval()(X[:50]), atol=1e-5)

@@ -44,11 +44,13 @@ def as_tensor_data(data: DataLike, what: str) -> TensorData:
         y = torch.as_tensor([int(p[1]) for p in pairs])
     y = torch.as_tensor(y)
     if y.is_floating_point() and y.dim() > 1:
-        raise UserError(f"{what}: labels of shape {tuple(y.shape)} look one-hot or soft; "
-                        "pass class indices (y.argmax(1))")
+        raise UserError(f"{what}: float labels of shape {tuple(y.shape)} look one-hot or soft; "
+                        "pass class indices (y.argmax(-1))")
     if y.is_floating_point() and not bool((y == y.round()).all()):
         raise UserError(f"{what}: labels must be class indices, these have fractions")
-    x, y = torch.as_tensor(x, dtype=torch.float32), y.to(torch.int64)
+    x = torch.as_tensor(x)  # token ids stay integers; everything else is float32
+    x, y = (x if not x.is_floating_point() and x.dtype != torch.bool
+            else x.to(torch.float32)), y.to(torch.int64)
     if len(x) != len(y):
         raise UserError(f"{what}: {len(x)} inputs but {len(y)} labels")
     return TensorData(x, y)

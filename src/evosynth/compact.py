@@ -143,6 +143,8 @@ def compact(model: nn.Module, example_input: torch.Tensor,
     is left alone. ``example_input`` is a batch on the model's device."""
     net = copy.deepcopy(model).eval()
     layers = prunable_layers(net, exclude)
+    if masks is not None:  # the masks name the evolved layers (a run's `exclude` left out)
+        layers = {n: layer for n, layer in layers.items() if n in masks}
     modules = dict(net.named_modules())
     if masks is None:
         masks = Genome.from_weights(net, layers).masks
@@ -158,7 +160,9 @@ def compact(model: nn.Module, example_input: torch.Tensor,
         for t in twin.state_dict().values():
             if t.is_floating_point():
                 t.copy_(torch.arange(t.numel(), dtype=torch.float64).reshape(t.shape))
-    twin_coupling = Coupling.build(twin, example_input.double(), layers)
+    twin_coupling = Coupling.build(
+        twin, example_input.double() if example_input.is_floating_point() else example_input,
+        layers)
 
     inputs = _capture_inputs(net, {m.module for g in coupling.groups for m in g.by_role("in")},
                              example_input)

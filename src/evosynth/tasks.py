@@ -22,31 +22,48 @@ class Task(Protocol):
                  ) -> tuple[float, dict[str, Any]]: ...
 
 
+def class_scores(output: Any, y: torch.Tensor) -> torch.Tensor:
+    """A model's class scores laid out as cross-entropy wants them, (N, C, ...): HF-style
+    outputs give their ``.logits``; per-token scores (N, T, C) for targets (N, T) move
+    their class axis to 1."""
+    output = getattr(output, "logits", output)
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    if output.dim() > 2 and tuple(output.shape[:-1]) == tuple(y.shape):
+        output = output.movedim(-1, 1)
+    return output
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, data: TensorData, device: torch.device,
              batch_size: int = 1000) -> float:
-    """Top-1 accuracy in [0, 1] (the classification task's fitness)."""
+    """Top-1 accuracy in [0, 1] (the classification task's fitness), over every target:
+    per example, or per token for per-token targets."""
     model.to(device).eval()
-    correct = 0
+    correct, total = 0, 0
     for i in range(0, len(data), batch_size):
-        x = data.inputs(slice(i, i + batch_size)).to(device)
-        correct += int((model(x).argmax(dim=1).cpu() == data.y[i:i + batch_size]).sum())
-    return correct / max(1, len(data))
+        x, y = data.inputs(slice(i, i + batch_size)).to(device), data.y[i:i + batch_size]
+        correct += int((class_scores(model(x), y).argmax(dim=1).cpu() == y).sum())
+        total += y.numel()
+    return correct / max(1, total)
 
 
 class Classification:
     metric = "accuracy"
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(output, target)
+        return F.cross_entropy(class_scores(output, target), target)
 
     def check_targets(self, output: torch.Tensor, y: torch.Tensor, what: str) -> None:
-        """Class indices within the model's outputs, before any training."""
-        classes = output.shape[1] if output.dim() > 1 else 0
-        if y.dim() != 1:
-            raise UserError(f"{what} labels have shape {tuple(y.shape)}; expected class "
-                            "indices of shape (N,)")
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+        """Class indices that the model's outputs can score, before any training."""
+        scores = class_scores(output, y[:len(output)])
+        classes = scores.shape[1] if scores.dim() > 1 else 0
+        if scores.dim() < 2 or tuple(scores.shape[2:]) != tuple(y.shape[1:]):
+            raise UserError(f"{what} targets of shape {tuple(y.shape[1:])} per example cannot "
+                            f"match outputs of shape {tuple(output.shape[1:])}: expected "
+                            "class indices (N,), or per position (N, T) with outputs "
+                            "(N, T, C) or (N, C, T)")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
             raise UserError(f"{what} labels range over {int(y.min())}..{int(y.max())}, but "
                             f"the model has {classes} outputs")
 
