@@ -41,6 +41,8 @@ VARIANTS: dict[str, dict] = {
     "5 tries": {"evolution": {"environment": {"tries": 5}}},
     "distill, 2 offspring": {"train": {"distill": 0.5}, "evolution": {"offspring": 2}},
     "filter+kernel": {"encoding": {"granularity": "filter+kernel"}},
+    "thin width 32": {"evolution": {"environment": {"thin_width": 32}}},
+    "thin width 64": {"evolution": {"environment": {"thin_width": 64}}},
 }
 COLUMNS = (("variant", "variant", "{}"), ("gen", "generation", "{}"),
            ("val %", "val_accuracy", "{:.2%}"), ("test %", "test_accuracy", "{:.2%}"),
@@ -89,6 +91,8 @@ def main() -> None:
     ap.add_argument("--data", default="{}", help="data settings as JSON (e.g. train_limit)")
     ap.add_argument("--ancestor-train", default="{}", help="ancestor training as JSON")
     ap.add_argument("--base", default="{}", help="settings every variant starts from (JSON)")
+    ap.add_argument("--ancestor-weights", default=None,
+                    help="a trained ancestor (safetensors, same split) instead of training one")
     args = ap.parse_args()
     out = Path(args.out)
     t_start = time.perf_counter()
@@ -97,7 +101,8 @@ def main() -> None:
             "device": args.device,
             "evolution": {"max_drop": args.max_drop, "generations": args.generations}}
     base = merge(base, json.loads(args.base))
-    anc = evosynth.run(validate(merge(base, {"evolution": {"generations": 0}})),
+    given = {"ancestor_weights": args.ancestor_weights} if args.ancestor_weights else {}
+    anc = evosynth.run(validate(merge(base, {"evolution": {"generations": 0}, **given})),
                        out / "ancestor", force=True, progress=False)
     base["ancestor_weights"] = str(RunDir(out / "ancestor").weights_path(0))
     print(f"ancestor: val {anc.history[0]['val_accuracy']:.2%}, "

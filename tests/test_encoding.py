@@ -206,3 +206,15 @@ def test_any_module_with_exclusions():
     assert list(layers) == ["0"]
     enc = make_encoding(EncodingConfig(cluster_factor=0.5), layers)
     assert enc.output_layer == "0"
+
+
+def test_thin_layers_are_cut_gentler():
+    from evosynth.encoding import Environment
+
+    model, layers, enc = lenet_and_encoding(granularity="filter")
+    w, m = weights_and_masks(model, layers)
+    env = Environment(cluster=0.5, synapse=1.0, kernel=1.0, thin_width=64)
+    probs = enc.cluster_probabilities(w, m, 1, env)
+    assert float(probs["conv1"].mean()) == pytest.approx(1 - 0.5 * 20 / 64, abs=1e-6)
+    assert float(probs["conv2"].mean()) == pytest.approx(1 - 0.5 * 50 / 64, abs=1e-6)
+    assert float(probs["fc1"].mean()) == pytest.approx(0.5, abs=1e-6)

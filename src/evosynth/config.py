@@ -147,6 +147,9 @@ class EnvironmentConfig:
         "help": "synapses of surviving clusters die at this share of the pressure"})
     kernel_share: Fraction = field(default=0.5, metadata={
         "help": "filter+kernel: kernels of surviving filters die at this share"})
+    thin_width: Annotated[Int, Field(ge=0)] = field(default=0, metadata={
+        "help": "per-layer budgets: a layer with n < thin_width live filters loses clusters "
+                "at n / thin_width of the pressure (a thin layer has little to spare; 0: off)"})
 
 
 @dataclass

@@ -60,6 +60,13 @@ class Environment:
     cluster: float
     synapse: float
     kernel: float
+    thin_width: int = 0  # layers with fewer live filters are cut proportionally gentler
+
+    def layer_cluster(self, live_filters: int) -> float:
+        """The cluster factor of a layer with ``live_filters`` filters alive."""
+        if self.thin_width <= 0:
+            return self.cluster
+        return 1 - (1 - self.cluster) * min(1.0, live_filters / self.thin_width)
 
 
 @dataclass
@@ -255,9 +262,11 @@ class ClusterEncoding(Encoding):
             if self.cfg.normalization == "global":
                 pool[name] = (_mean_normalized(s, live), live)
                 continue
+            factor = self.factors(name, generation, env)[1]
+            if env is not None:
+                factor = env.layer_cluster(int(live_filters(masks[name].cpu()).sum()))
             p = torch.zeros(live.shape, dtype=torch.float64)
-            p[live] = survival_probability(s[live], self.factors(name, generation, env)[1],
-                                           self.cfg.normalization)
+            p[live] = survival_probability(s[live], factor, self.cfg.normalization)
             out[name] = p
         if pool:
             factor = env.cluster if env is not None else factor_at(self.cfg.cluster_factor,

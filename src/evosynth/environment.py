@@ -23,7 +23,7 @@ from .encoding import Environment
 
 def factors(cfg: EnvironmentConfig, pressure: float) -> Environment:
     return Environment(cluster=1 - pressure, synapse=1 - pressure * cfg.synapse_share,
-                       kernel=1 - pressure * cfg.kernel_share)
+                       kernel=1 - pressure * cfg.kernel_share, thin_width=cfg.thin_width)
 
 
 def headroom(value: float, floor: float, ancestor: float) -> float:
