@@ -131,3 +131,15 @@ def test_kill_between_retries_resumes_exactly(tmp_path):
     got_tensors, got_history = contents(tmp_path / "cut")
     assert got_history == history
     assert all(bool((got_tensors[k] == v).all()) for k, v in tensors.items())
+
+
+def test_kill_while_the_run_is_created_leaves_a_folder_evolve_can_reuse(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "r"
+    r = evosynth("evolve", "--config", cfg, "--out", out, "--no-progress",
+                 kill_at="before-rename:1")  # config.yaml half-written
+    assert r.returncode == -signal.SIGKILL and list(out.iterdir())
+    r = evosynth("evolve", "--config", cfg, "--out", out, "--no-progress",
+                 kill_at="epoch:1")
+    assert r.returncode == -signal.SIGKILL and (out / "run.json").is_file()

@@ -138,6 +138,8 @@ class RunDir:
         renamed aside, so a failure leaves it whole."""
         check_out_path(self.path)
         aside = None
+        if self.path.exists():  # a kill while the run was being created leaves temp files
+            self.clean_temporaries()
         if self.path.exists() and any(self.path.iterdir()):
             if not force:
                 raise UserError(f"{self.path} already exists and is not empty; use "
