@@ -199,7 +199,8 @@ class Evolution:
             genome = self.run.load_generation(0, model, self.layers)
         else:
             model, genome = self.model, self.genome
-        return self._compact(model, genome).model.to(self.device).eval()
+        c = self._compact_or_none(model, genome)  # the masked network when compaction is off
+        return copy.deepcopy(c.model if c is not None else model).to(self.device).eval()
 
     def _costs(self, model: nn.Module, genome: Genome) -> dict[str, Any]:
         mc = self.cfg.measure
