@@ -98,6 +98,9 @@ def accuracy_figure(series: list[Series]):
         floor = (s.summary or {}).get("floor")
         if floor is not None and floor > 0:
             ax.axhline(100 * floor, color="grey", lw=0.8, ls=":")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("generation")
     ax.set_ylabel(f"{series[0].metric} % (dotted: validation floor)")
     ax.grid(alpha=0.3)
@@ -130,9 +133,12 @@ def size_figure(series: list[Series]):
             floor = (s.summary or {}).get("floor")
             if floor is not None and floor > 0:
                 ax.axhline(100 * floor, color="grey", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(f"{label} (log)")
+        xs = [x for line in ax.lines for x in line.get_xdata()]
+        if max(xs) > 10 * min(xs):  # a log axis only where the values span a decade
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            label += " (log)"
+        ax.set_xlabel(label)
         ax.set_ylabel(f"test {series[0].metric} %")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
