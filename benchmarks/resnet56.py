@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=6)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-resnet56"))
+    ap.add_argument("--defaults", action="store_true",
+                    help="evosynth's defaults plus a floor 1 point below the ancestor, "
+                         "instead of the configs' schedules")
     args = ap.parse_args()
     out = Path(args.out)
     t_start = time.perf_counter()
@@ -63,10 +66,12 @@ def main() -> None:
                          "test_limit": args.test_limit, "augment": "none"},
                 "ancestor_train.epochs": args.ancestor_epochs or ANCESTOR_EPOCHS[name],
                 "train.epochs": args.epochs, "evolution.generations": args.generations,
-                "evolution.max_drop": 1.0})  # no floor: show the whole trajectory
+                "evolution.max_drop": 0.01 if args.defaults else 1.0})  # 1.0: no floor
             what = (f"MNIST digits as 32x32 RGB, first {args.train_limit} training images "
                     f"(10% held out for validation), first {args.test_limit} test images")
-        cfg = load_config(CONFIGS[name], over)
+        if args.defaults:  # the model and the data as above; everything else the defaults
+            over.update({"model": name, "dataset": over.get("dataset", "cifar10")})
+        cfg = load_config(None if args.defaults else CONFIGS[name], over)
         print(f"\n== {name}: {what}; {cfg.ancestor_train.epochs} ancestor epochs, "
               f"{cfg.train.epochs} per generation, {cfg.evolution.generations} generations",
               flush=True)

@@ -40,7 +40,12 @@ def evolve(
     epochs: Annotated[int | None, typer.Option(help="training epochs per offspring")] = None,
     ancestor_epochs: Annotated[int | None, typer.Option(help="ancestor training epochs")] = None,
     encoding: Annotated[str | None, Encoding] = None,
-    granularity: Annotated[str | None, typer.Option(help="kernel or filter")] = None,
+    granularity: Annotated[str | None, typer.Option(
+        help="filter, kernel or filter+kernel")] = None,
+    max_drop: Annotated[float | None, typer.Option(
+        help="the floor: validation score at most this far below the ancestor's")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(
+        help="the floor: validation score at least this")] = None,
     offspring: Annotated[int | None, typer.Option(help="offspring per generation")] = None,
     seed: Annotated[int | None, typer.Option(help="run seed")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
@@ -61,7 +66,8 @@ def evolve(
         "device": device, "evolution.generations": generations, "train.epochs": epochs,
         "ancestor_train.epochs": ancestor_epochs, "encoding.kind": encoding,
         "encoding.granularity": granularity, "evolution.offspring": offspring,
-        "logging.tensorboard": tensorboard,
+        "logging.tensorboard": tensorboard, "evolution.max_drop": max_drop,
+        "evolution.min_accuracy": min_accuracy,
     }
     cfg = load_config(config, overrides)
     if resume and force:
