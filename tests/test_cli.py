@@ -104,3 +104,12 @@ def test_console_script_installed():
                         "--out", "x"],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 2 and r.stderr.startswith("evosynth: error: unknown model")
+
+
+def test_floor_flags_set_the_floor(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r"
+    code, _, err = cli(monkeypatch, capsys, "evolve", *QUICK, "--max-drop", "0.3", "--out", out)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    anc = json.loads((out / "history.jsonl").read_text().splitlines()[0])["val_accuracy"]
+    assert summary["floor"] == pytest.approx(anc - 0.3)
