@@ -135,3 +135,37 @@ def test_compact_takes_the_masks_of_a_run_with_exclusions(tmp_path):
     c = compact(res.best_model, X[:2], res.best_genome.masks)  # the README's call
     with torch.no_grad():
         assert torch.allclose(c.model(X[:50]), res.best_model.eval()(X[:50]), atol=1e-5)
+
+
+class Upsampler(nn.Module):
+    """A transposed convolution between two convolutions (a decoder's shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.c2 = nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16 * 16, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.up(torch.relu(self.c1(x))))
+        return self.fc(torch.relu(self.c2(h)).flatten(1))
+
+
+def test_conv_transpose_is_a_boundary_whose_dead_inputs_are_removed(tmp_path):
+    """Transposed convs stay dense (not evolved), but the dead filters feeding them leave
+    the network, and the transposed conv's inputs shrink to match, exactly."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 1, 8, 8)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    res = evosynth.evolve(Upsampler(), (x, y), config={
+        **CONFIG, "evolution": {"generations": 2, "max_drop": None,
+                                "environment": {"pressure": 0.4}}},
+        run_dir=tmp_path / "up", log=lambda s: None)
+    assert "up" not in res.best_genome.masks
+    dead = int((~res.best_genome.masks["c1"].reshape(8, -1).any(1)).sum())
+    assert dead > 0, "no filter of c1 died: the test would prove nothing"
+    c = compact(res.best_model, x[:2], res.best_genome.masks)
+    assert c.model.c1.out_channels == c.model.up.in_channels == 8 - dead
+    with torch.no_grad():
+        assert torch.allclose(c.model(x[:50]), res.best_model.eval()(x[:50]), atol=1e-5)

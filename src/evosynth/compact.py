@@ -94,6 +94,8 @@ def _fold_delta(layer: nn.Module, idxs: torch.Tensor, const: torch.Tensor
         return torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype)
     if isinstance(layer, nn.Linear):
         return layer.weight[:, idxs] @ const
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        return None  # strided transposed kernels overlap unevenly: no bias can express it
     padding = layer.padding if isinstance(layer.padding, tuple) else (layer.padding,)
     if layer.padding == "same" or any(p != 0 for p in padding):
         return None

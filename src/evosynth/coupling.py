@@ -17,6 +17,10 @@ from torch import nn
 
 from .clusters import PRUNABLE_TYPES, Layer, live_filters
 
+# transposed convolutions are not evolved (their weight is (in, out, ...)); compaction still
+# removes the dead channels that feed them
+TRANSPOSED = nn.modules.conv._ConvTransposeNd
+
 
 @dataclass
 class Member:
@@ -79,8 +83,9 @@ class Coupling:
                 is_prunable = isinstance(module, PRUNABLE_TYPES)
                 if dg.is_out_channel_pruning_fn(handler):
                     role = "out" if is_prunable else "aux"
-                elif dg.is_in_channel_pruning_fn(handler) and is_prunable:
-                    role = "in"
+                elif dg.is_in_channel_pruning_fn(handler) and (
+                        is_prunable or isinstance(module, TRANSPOSED)):
+                    role = "in"  # a transposed conv reads channels, unmasked (a boundary)
                 else:
                     continue
                 maskable = name in layers and getattr(module, "groups", 1) == 1
