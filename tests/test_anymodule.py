@@ -169,3 +169,35 @@ def test_conv_transpose_is_a_boundary_whose_dead_inputs_are_removed(tmp_path):
     assert c.model.c1.out_channels == c.model.up.in_channels == 8 - dead
     with torch.no_grad():
         assert torch.allclose(c.model(x[:50]), res.best_model.eval()(x[:50]), atol=1e-5)
+
+
+class FlattenCat(nn.Module):
+    """A flattened conv map concatenated with a dense branch of the same input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.dense = nn.Linear(64, 8)
+        self.fc = nn.Linear(4 * 64 + 8, 2)
+
+    def forward(self, x):
+        a = torch.relu(self.conv(x)).flatten(1)
+        return self.fc(torch.cat([a, torch.relu(self.dense(x.flatten(1)))], 1))
+
+
+def test_flatten_and_concat_evolves_and_compacts_exactly(tmp_path):
+    """Was an IndexError: Torch-Pruning maps the dense branch's channels outside its size;
+    that group is left uncoupled (said in a warning) and the rest stays exact."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 1, 8, 8)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    with pytest.warns(UserWarning, match="not coupled"):
+        res = evosynth.evolve(FlattenCat(), (x, y), config={
+            **CONFIG, "evolution": {"generations": 2, "max_drop": None,
+                                    "environment": {"pressure": 0.4}}},
+            run_dir=tmp_path / "cat", log=lambda s: None)
+    assert res.history[-1]["synapses"] < res.history[0]["synapses"]
+    assert res.run_dir.summary()["compaction"] == "exact"
+    c = compact(res.best_model, x[:2], res.best_genome.masks)
+    with torch.no_grad():
+        assert torch.allclose(c.model(x[:50]), res.best_model.eval()(x[:50]), atol=1e-5)

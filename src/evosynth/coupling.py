@@ -43,10 +43,17 @@ class ChannelGroup:
 
     @property
     def tied(self) -> bool:
-        """Several prunable layers write the same channels (a residual addition). For
-        compaction such a channel lives while any writer feeds it; at filter granularity
-        evolution keeps the writers in agreement (``tied_alive``)."""
-        return sum(m.maskable for m in self.by_role("out")) > 1
+        """Several prunable layers write the same channels (a residual addition; a
+        concatenation writes disjoint ones and is no tie). For compaction such a channel
+        lives while any writer feeds it; at filter granularity evolution keeps the writers
+        in agreement (``tied_alive``)."""
+        writers = [m for m in self.by_role("out") if m.maskable]
+        if len(writers) < 2:
+            return False
+        counts = torch.zeros(self.channels, dtype=torch.long)
+        for m in writers:
+            counts.index_add_(0, m.root, torch.ones(len(m.root), dtype=torch.long))
+        return bool((counts > 1).any())
 
 
 class Coupling:
@@ -71,7 +78,7 @@ class Coupling:
             warnings.warn(f"no channel coupling ({why}); dead filters will not silence the "
                           "synapses that read them, and compaction is off", stacklevel=2)
             return cls([], layers, error=why)
-        groups = []
+        groups, skipped = [], []
         for g in raw:
             group = ChannelGroup(len(g[0].idxs), (g[0].dep.target.module, g[0].dep.handler))
             for item in g:
@@ -93,7 +100,14 @@ class Coupling:
                                             torch.tensor(item.root_idxs), maskable,
                                             _direct_producer(dg, module, names, layers)
                                             if role == "aux" else None))
-            groups.append(group)
+            if all(_in_range(m, dict(model.named_modules())[m.module]) for m in group.members):
+                groups.append(group)
+            else:  # Torch-Pruning's index map does not fit the layers (seen: flatten + cat)
+                skipped.append(names.get(group.root[0], "?"))
+        if skipped:
+            warnings.warn(f"channels of {', '.join(skipped[:3])} are not coupled (Torch-Pruning "
+                          "mapped them outside the layers' sizes); they are evolved and kept "
+                          "as if read by layers it cannot see", stacklevel=2)
         return cls(groups, layers, dg)
 
     def ties(self) -> list[ChannelGroup]:
@@ -207,6 +221,20 @@ class Coupling:
                         pm[m.idxs.to(p.device)] &= own.to(p.device)
                         out[key] = pm
         return out
+
+
+def _in_range(m: Member, module: nn.Module) -> bool:
+    """A member's channel indices lie inside the module's own channel axis."""
+    if len(m.idxs) == 0:
+        return True
+    weight = getattr(module, "weight", None)
+    if m.role == "aux":
+        size = weight.shape[0] if isinstance(weight, torch.Tensor) else int(m.idxs.max()) + 1
+    elif m.role == "out":
+        size = weight.shape[1] if isinstance(module, TRANSPOSED) else weight.shape[0]
+    else:
+        size = weight.shape[0] if isinstance(module, TRANSPOSED) else weight.shape[1]
+    return int(m.idxs.max()) < size
 
 
 def _direct_producer(dg, module: nn.Module, names: dict[nn.Module, str],
