@@ -240,3 +240,22 @@ def test_distillation_from_the_parent_runs_and_changes_training(tmp_path):
     a, b = (r.best_model.state_dict() for r in runs)
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert runs[1].history[1]["val_accuracy"] > 0.5
+
+
+def test_a_run_recorded_before_the_adaptive_environment_resumes_as_it_ran(tmp_path):
+    """Older config.yaml files have no evolution.environment: their runs followed the
+    encoding's factors (the schedule environment), and resume must keep doing that."""
+    import yaml
+
+    cfg = quick(evolution={"generations": 1}, measure={"costs": False})
+    evosynth.run(cfg, tmp_path / "r", progress=False, log=lambda s: None)
+    path = tmp_path / "r" / "config.yaml"
+    old = yaml.safe_load(path.read_text())
+    del old["evolution"]["environment"]
+    old["evolution"]["generations"] = 2
+    path.write_text(yaml.safe_dump(old))
+    (tmp_path / "r" / "run.json").unlink()
+    assert RunDir(tmp_path / "r").config().evolution.environment.kind == "schedule"
+    hist = evosynth.resume(tmp_path / "r", progress=False, log=lambda s: None).history
+    assert [r["generation"] for r in hist] == [0, 1, 2]
+    assert "environment" not in hist[2]  # no adaptive pressure: the factors were used

@@ -188,7 +188,13 @@ class RunDir:
             why = str(exc).splitlines()[0]
             raise damaged(p, f"not valid YAML: {why}", "restore it or start the run "
                           "again") from None
-        return validate(raw or {}, str(p))
+        raw = raw or {}
+        if isinstance(raw, dict) and isinstance(raw.get("evolution"), dict) \
+                and "environment" not in raw["evolution"]:
+            # recorded before the adaptive environment existed: those runs followed the
+            # encoding's factors, which is the schedule environment
+            raw["evolution"]["environment"] = {"kind": "schedule"}
+        return validate(raw, str(p))
 
     def clear_checkpoints(self, upto: int | None = None) -> None:
         """Drop the training checkpoints of generations up to ``upto`` (default: all),
