@@ -6,15 +6,13 @@ string in the file's metadata: no pickle, and one atomic write per epoch.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
-from .io import damaged, read_safetensors, save_safetensors
+from .io import damaged, read_state, save_state
 
 _HINT = "delete it to retrain that phase from its start"
 
@@ -37,17 +35,15 @@ def save_training(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
     sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
     meta = {"epoch": epoch, "param_groups": opt_state["param_groups"],
             "optim_scalars": scalars, "scheduler": sched_state, "extra": extra or {}}
-    save_safetensors(tensors, path, metadata={"evosynth": json.dumps(meta)})
+    save_state(tensors, meta, path)
 
 
 def load_training(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
                   sched: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator
                   ) -> tuple[int, dict[str, Any]]:
     """Restore what ``save_training`` wrote; returns (completed epochs, extra)."""
-    tensors = read_safetensors(path, _HINT)
+    tensors, meta = read_state(path, _HINT)
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {})["evosynth"])
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     except (KeyError, ValueError, RuntimeError) as exc:
         raise damaged(path, f"not a training checkpoint of this model: "

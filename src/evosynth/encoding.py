@@ -142,6 +142,12 @@ class Encoding:
         return self.cfg.protect_output and name == self.output_layer
 
     @property
+    def per_layer(self) -> str:
+        """The normalization of draws made layer by layer (synapses, tied channels): a
+        network-wide budget applies to clusters only, synapses keep per-layer budgets."""
+        return "budget" if self.cfg.normalization == "global" else self.cfg.normalization
+
+    @property
     def protected(self) -> set[str]:
         """Layers whose filters (the network's outputs) never die."""
         return {self.output_layer} if self.cfg.protect_output and self.output_layer else set()
@@ -156,10 +162,8 @@ class Encoding:
                             ) -> torch.Tensor:
         p = torch.zeros(weight.shape, dtype=torch.float64)
         live = mask.cpu()
-        normalization = "budget" if self.cfg.normalization == "global" else \
-            self.cfg.normalization
         p[live] = survival_probability(weight.detach().abs().cpu()[live], factor,
-                                       normalization)
+                                       self.per_layer)
         return p
 
     def cluster_probabilities(self, weights, masks, generation, env
@@ -323,8 +327,7 @@ class ClusterEncoding(Encoding):
             p = torch.zeros(group.channels, dtype=torch.float64)
             p[live] = survival_probability(strength[live],
                                            self.factors(writers[0].module, generation, env)[1],
-                                           "budget" if self.cfg.normalization == "global"
-                                           else self.cfg.normalization)
+                                           self.per_layer)
             alive = torch.rand(group.channels, generator=generator, dtype=torch.float64) < p
             for m in writers:
                 drawn[m.module][m.idxs] = alive[m.root]

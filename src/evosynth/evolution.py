@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from .environment import factors as env_factors
 from .environment import headroom, next_pressure, retries
 from .errors import UserError
 from .genome import Genome, apply_param_masks, layer_weights
-from .io import read_json, read_safetensors, save_safetensors, write_json
+from .io import read_json, read_state, save_state, write_json
 from .progress import Mode, RunProgress
 from .report import format_record
 from .rundir import RunDir
@@ -106,6 +105,10 @@ class Evolution:
         self.task = data.task or CLASSIFICATION
         self.val_key = f"val_{self.task.metric}"
         check_data(model, data, self.task)
+        # what a parent's strengths are read from: its layers and their BatchNorm scales
+        self.strength_modules = set(self.layers) | {
+            n for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None}
         example = data.train.inputs(slice(0, 2))
         self.coupling = (Coupling.build(copy.deepcopy(model).cpu().eval(), example.cpu(),
                                         self.layers)
@@ -353,9 +356,7 @@ class Evolution:
         and evaluate it. Depends only on the parent, these numbers and the run seed."""
         ev, seed = self.cfg.evolution, self.cfg.seed
         at = (g, k) if attempt == 0 else (g, k, "try", attempt)
-        norms = {n for n, m in self.model.named_modules()
-                 if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None}
-        parent_w = layer_weights(self.model, set(self.layers) | norms)  # + BatchNorm scales
+        parent_w = layer_weights(self.model, self.strength_modules)
         masks = self.encoding.sample(parent_w, self.genome.masks, g,
                                      generator(seed, "sample", *at), env)
         masks = self.coupling.propagate(masks, self.encoding.protected,
@@ -437,18 +438,13 @@ class Evolution:
                    **{f"masks/{k}": v.to(torch.uint8) for k, v in best.genome.masks.items()}}
         meta = {"scores": scores, "index": best.index, "value": best.fitness.value,
                 "details": best.fitness.details}
-        save_safetensors(tensors, self.run.checkpoint_path(_tag(g, attempt, "best")),
-                         metadata={"evosynth": json.dumps(meta)})
+        save_state(tensors, meta, self.run.checkpoint_path(_tag(g, attempt, "best")))
 
     def _load_progress(self, g: int, attempt: int) -> tuple[Offspring | None, list[float]]:
         path = self.run.checkpoint_path(_tag(g, attempt, "best"))
         if not path.is_file():
             return None, []
-        from safetensors import safe_open
-
-        tensors = read_safetensors(path)
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["evosynth"])
+        tensors, meta = read_state(path)
         model = copy.deepcopy(self.model)
         model.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("weights/")})
         masks = {k[6:]: v.bool() for k, v in tensors.items() if k.startswith("masks/")}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
@@ -76,6 +76,22 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path,
                      metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def save_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> None:
+    """Tensors and a JSON description in one safetensors file, written atomically."""
+    save_safetensors(tensors, path, metadata={"evosynth": json.dumps(meta)})
+
+
+def read_state(path: Path, hint: str = "delete it to redo that phase"
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """What ``save_state`` wrote, or one line naming a damaged file."""
+    tensors = read_safetensors(path, hint)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return tensors, json.loads((f.metadata() or {})["evosynth"])
+    except (KeyError, ValueError) as exc:
+        raise damaged(path, f"no evosynth state in it ({exc})", hint) from None
 
 
 def damaged(path: Path, why: str, hint: str) -> UserError:
