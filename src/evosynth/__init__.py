@@ -6,6 +6,7 @@ the next parent (Shafiee & Wong, arXiv 1609.01360; Shafiee, Barshan & Wong, 1704
 """
 
 from .api import build, evolve, export_run, resume, run
+from .asktell import Candidate, Synthesis
 from .clusters import prunable_layers
 from .config import EncodingConfig, EvolutionConfig, RunConfig, TrainConfig, load_config
 from .encoding import ClusterEncoding, Encoding, make_encoding, survival_probability
@@ -15,6 +16,7 @@ from .genome import Genome
 from .rundir import RunDir
 
 __all__ = [
+    "Candidate",
     "ClusterEncoding",
     "Encoding",
     "EncodingConfig",
@@ -23,6 +25,7 @@ __all__ = [
     "Genome",
     "RunConfig",
     "RunDir",
+    "Synthesis",
     "TrainConfig",
     "UserError",
     "build",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .clusters import prunable_layers
-from .config import RunConfig, validate
+from .config import ExecutionConfig, RunConfig, validate
 from .data import Splits, TensorData, load_dataset, split_validation
 from .errors import UserError
 from .evolution import Evolution, EvolutionResult
@@ -204,6 +205,7 @@ def check_resume_settings(out: str | Path, given: RunConfig, whole: bool,
     run = _flat(to_dict(RunDir(out).config()))
     new = _flat(to_dict(given))
     names = sorted(run) if whole else [k for k in keys if k in run]
+    names = [k for k in names if not k.startswith("execution.")]  # where, not what
     differ = [k for k in names if run.get(k) != new.get(k)]
     if differ:
         shown = ", ".join(f"{k} (run: {run.get(k)!r}, given: {new.get(k)!r})"
@@ -247,11 +249,15 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", generation: int | None = 
     return targets, ""
 
 
-def resume(out: str | Path, log: Callable[[str], None] = print, progress: bool | str = True
-           ) -> EvolutionResult:
-    """Continue a run from its last complete generation, exactly as if never stopped."""
+def resume(out: str | Path, log: Callable[[str], None] = print, progress: bool | str = True,
+           execution: ExecutionConfig | None = None) -> EvolutionResult:
+    """Continue a run from its last complete generation, exactly as if never stopped.
+    ``execution``: where to breed from now on (the run's own settings by default); the
+    backend does not change the result at the same thread count."""
     rd = RunDir(out)
     cfg = rd.config()
+    if execution is not None:
+        cfg = dataclasses.replace(cfg, execution=execution)
     _match_environment(rd, log)
     model, data = build(cfg)
     evo = Evolution(cfg, model, data, rd, log=log, progress=progress)

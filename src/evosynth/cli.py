@@ -24,6 +24,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Evolutionary synthesis of small, fast deep neural networks.")
 
 Encoding = typer.Option(help="cluster (cluster-driven) or synaptic (Darwin baseline)")
+Backend = typer.Option(help="where offspring train: local, or ray (pip install "
+                            "'evosynth[ray]')")
+RayAddress = typer.Option(help="Ray cluster to join (auto, ray://host:10001); default: a "
+                               "local Ray for the run")
 
 
 @app.command()
@@ -47,6 +51,12 @@ def evolve(
     min_accuracy: Annotated[float | None, typer.Option(
         help="the floor: validation score at least this")] = None,
     offspring: Annotated[int | None, typer.Option(help="offspring per generation")] = None,
+    population: Annotated[int | None, typer.Option(
+        help="the K fittest offspring of a generation become its parents")] = None,
+    parents: Annotated[int | None, typer.Option(
+        help="parents mated into each offspring (at most the population)")] = None,
+    backend: Annotated[str | None, Backend] = None,
+    ray_address: Annotated[str | None, RayAddress] = None,
     seed: Annotated[int | None, typer.Option(help="run seed")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue --out if it exists")] = False,
@@ -67,7 +77,9 @@ def evolve(
         "ancestor_train.epochs": ancestor_epochs, "encoding.kind": encoding,
         "encoding.granularity": granularity, "evolution.offspring": offspring,
         "logging.tensorboard": tensorboard, "evolution.max_drop": max_drop,
-        "evolution.min_accuracy": min_accuracy,
+        "evolution.min_accuracy": min_accuracy, "evolution.population": population,
+        "evolution.parents": parents, "execution.backend": backend,
+        "execution.address": ray_address,
     }
     cfg = load_config(config, overrides)
     if resume and force:
@@ -78,7 +90,7 @@ def evolve(
         if resume and RunDir(out).config_path.is_file():
             api.check_resume_settings(out, cfg, config is not None,
                                       [k for k, v in overrides.items() if v is not None])
-            api.resume(out, progress=_mode(progress, quiet))
+            api.resume(out, progress=_mode(progress, quiet), execution=cfg.execution)
         else:
             api.run(cfg, out, force=force, progress=_mode(progress, quiet))
     except KeyboardInterrupt:
@@ -92,13 +104,19 @@ def resume_cmd(
     progress: Annotated[bool, typer.Option(
         help="a live display of the run; --no-progress: one line per generation")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress, only the table")] = False,
+    backend: Annotated[str | None, Backend] = None,
+    ray_address: Annotated[str | None, RayAddress] = None,
 ) -> None:
     """Continue a run from its last complete generation (same seeds, same result)."""
     from . import api
+    from .rundir import RunDir
 
     _existing_run(run_dir)
+    execution = None
+    if backend is not None or ray_address is not None:
+        execution = _execution(RunDir(run_dir).config().execution, backend, ray_address)
     try:
-        api.resume(run_dir, progress=_mode(progress, quiet))
+        api.resume(run_dir, progress=_mode(progress, quiet), execution=execution)
     except KeyboardInterrupt:
         raise Interrupted(run_dir) from None
     _show(run_dir)
@@ -177,6 +195,14 @@ def scenes(
         write_scenes(out, images, labels, n, split=split, size=size, digits=wanted, seed=s)
     typer.echo(f"wrote {train} training and {test} test scenes to {out}; classes: "
                + ", ".join(NAMES[d] for d in wanted))
+
+
+def _execution(base: Any, backend: str | None, address: str | None) -> Any:
+    """The run's execution settings with the command line's over them."""
+    from .config import validate
+
+    over = {k: v for k, v in (("backend", backend), ("address", address)) if v is not None}
+    return validate({"execution": {**vars(base), **over}}, "command line").execution
 
 
 def _mode(progress: bool, quiet: bool) -> str:

@@ -182,6 +182,16 @@ class EvolutionConfig:
                 "best validation wins"})
     weights: Literal["inherit", "scratch", "rewind"] = field(default="inherit", metadata={
         "help": "offspring weights: parent's, re-initialized, or the ancestor's initial"})
+    population: Count = field(default=1, metadata={
+        "help": "the K fittest offspring of a generation (validation score, ties to fewer "
+                "synapses) are the next generation's parents"})
+    parents: Count = field(default=1, metadata={
+        "help": "parents combined into each offspring, picked from the population by "
+                "seeded tournaments of two (mating; at most the population)"})
+    mating: Literal["fittest", "mean"] = field(default="fittest", metadata={
+        "help": "an offspring of several parents inherits the fittest parent's weights "
+                "(synapses dead in it take the mean of the others' live values), or the mean "
+                "of the parents' live values everywhere"})
     min_accuracy: Fraction | None = field(default=None, metadata={
         "help": "stop when validation accuracy falls below this"})
     max_drop: Fraction | None = field(default=0.01, metadata={
@@ -192,6 +202,24 @@ class EvolutionConfig:
     compact_training: bool = field(default=True, metadata={
         "help": "train each offspring as its physically compacted network (dead filters "
                 "and channels removed), then write the weights back: same result, cheaper"})
+
+
+@dataclass
+class ExecutionConfig:
+    """Where offspring train. Not part of what a run computes: a run gives the same history
+    on either backend at the same seed and thread count, and may resume on the other."""
+
+    __pydantic_config__ = _STRICT
+    backend: Literal["local", "ray"] = field(default="local", metadata={
+        "help": "local: offspring one after another in this process; ray: a generation's "
+                "offspring as Ray tasks, in parallel (pip install 'evosynth[ray]')"})
+    address: str | None = field(default=None, metadata={
+        "help": "Ray cluster to join: null starts a local Ray for the run, 'auto' joins the "
+                "one on this machine, 'ray://host:10001' a remote one"})
+    cpus_per_offspring: Count = field(default=1, metadata={
+        "help": "CPUs (and torch threads) each Ray task gets"})
+    gpus_per_offspring: Annotated[float, Field(ge=0)] = field(default=0.0, metadata={
+        "help": "GPUs each Ray task gets (fractions share a GPU); 0 trains on CPU"})
 
 
 @dataclass
@@ -267,6 +295,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
 
 _WRONG_BRANCH = ("float_type", "list_type", "dict_type", "int_type", "dataclass_type")
@@ -301,7 +330,20 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
     except ValidationError as exc:
         raise UserError(_one_line(exc, source)) from None
     _check_factors(cfg, source)
+    _check_population(cfg, source)
     return cfg
+
+
+def _check_population(cfg: RunConfig, source: str) -> None:
+    ev = cfg.evolution
+    if ev.parents > ev.population:
+        raise UserError(f"{source}: evolution.parents ({ev.parents}) must be at most "
+                        f"evolution.population ({ev.population}): parents come from it")
+    counts = ev.offspring.values() if isinstance(ev.offspring, dict) else [ev.offspring]
+    if min(counts) < ev.population:
+        raise UserError(f"{source}: evolution.offspring ({min(counts)}) must be at least "
+                        f"evolution.population ({ev.population}): the population is the "
+                        "fittest of a generation's offspring")
 
 
 def _check_factors(cfg: RunConfig, source: str) -> None:

@@ -12,73 +12,35 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .backends import make_backend
+from .breeding import Breeder, Fitness, Job, Parent, TrainHooks
 from .checks import check_data
-from .clusters import Layer, prunable_layers
-from .compact import CompactionError, compact
+from .compact import Compacted
 from .config import RunConfig, schedule_at
 from .costs import count_macs, count_params, latency_ms, size_bytes
-from .coupling import Coupling
 from .data import Splits
-from .encoding import Environment, make_encoding
+from .encoding import Environment
 from .environment import factors as env_factors
 from .environment import headroom, next_pressure, retries
 from .errors import UserError
 from .genome import Genome, apply_param_masks, layer_weights
-from .io import read_json, read_state, save_state, write_json
+from .io import fault_point, read_json, read_state, save_state, write_json
+from .mating import choose_parents
 from .progress import Mode, RunProgress
 from .report import format_record
 from .rundir import RunDir
 from .seeding import generator, resolve_device
 from .tasks import CLASSIFICATION
-from .train import train
 
 # in every record, whatever the task; the task adds val_<metric> and test_<metric>
 HISTORY_KEYS = ("generation", "metric", "synapses", "kernel_clusters", "filters",
                 "synaptic_efficiency", "cluster_efficiency", "wall_seconds")
-
-
-def reinitialize(model: nn.Module, layers: dict[str, Layer], gen: torch.Generator) -> None:
-    """PyTorch's default Conv/Linear initialization, drawn from ``gen`` (``scratch`` mode)."""
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name in layers:
-            m = modules[name]
-            w = torch.empty(m.weight.shape)
-            nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
-            m.weight.copy_(w)
-            if m.bias is not None:
-                fan_in = m.weight[0].numel()
-                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-                m.bias.copy_(torch.empty(m.bias.shape).uniform_(-bound, bound, generator=gen))
-
-
-@dataclass
-class Fitness:
-    """An offspring's validation score (higher is better) and the task's details."""
-
-    value: float
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Offspring:
-    """A trained offspring: its network, its masks and how it did."""
-
-    index: int
-    model: nn.Module
-    genome: Genome
-    fitness: Fitness
-
-    @property
-    def rank(self) -> tuple[float, int]:
-        """Higher is better: fitness first, then fewer synapses."""
-        return self.fitness.value, -self.genome.synapses()
 
 
 @dataclass
@@ -91,8 +53,12 @@ class EvolutionResult:
 
 
 class Evolution:
-    def __init__(self, cfg: RunConfig, model: nn.Module, data: Splits, run_dir: RunDir,
-                 log: Callable[[str], None] = print, progress: bool | Mode = True):
+    """The driver: a population of parents, generation after generation. Breeding is the
+    breeder's (``breeding.py``), where it runs the backend's (``backends.py``)."""
+
+    def __init__(self, cfg: RunConfig, model: nn.Module, data: Splits | None, run_dir: RunDir,
+                 log: Callable[[str], None] = print, progress: bool | Mode = True,
+                 example: torch.Tensor | None = None):
         self.cfg, self.model, self.data, self.run = cfg, model, data, run_dir
         self.log = log
         self.mode: Mode = ("bar" if progress else "plain") if isinstance(progress, bool) \
@@ -101,22 +67,22 @@ class Evolution:
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda":  # cuDNN's fastest kernels differ run to run
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        self.layers = prunable_layers(model, cfg.encoding.exclude)
-        self.task = data.task or CLASSIFICATION
+        if data is not None:
+            check_data(model, data, data.task or CLASSIFICATION)
+            example = data.train.inputs(slice(0, 2))
+        self.breeder = Breeder(cfg, model, data, example)
+        self.breeder.device = self.device
+        self.layers, self.coupling = self.breeder.layers, self.breeder.coupling
+        self.encoding, self.task = self.breeder.encoding, self.breeder.task
         self.val_key = f"val_{self.task.metric}"
-        check_data(model, data, self.task)
-        # what a parent's strengths are read from: its layers and their BatchNorm scales
-        self.strength_modules = set(self.layers) | {
-            n for n, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None}
-        example = data.train.inputs(slice(0, 2))
-        self.coupling = (Coupling.build(copy.deepcopy(model).cpu().eval(), example.cpu(),
-                                        self.layers)
-                         if cfg.encoding.couple else Coupling([], self.layers))
-        self.encoding = make_encoding(cfg.encoding, self.layers, self.coupling.ties(),
-                                      self.coupling)
         self.history: list[dict[str, Any]] = []
-        self.compaction = self._dry_run()  # "exact", or why compaction is off
+        self.population: list[Parent] = []
+        self.backend: Any = None
+        self.breeder.compaction = self._dry_run()  # "exact", or why compaction is off
+
+    @property
+    def compaction(self) -> str:
+        return self.breeder.compaction
 
     def _dry_run(self) -> str:
         """Before any training: compact a randomly thinned genome and run one training step
@@ -133,13 +99,13 @@ class Evolution:
         genome = Genome(self.layers, self.coupling.propagate(masks, self.encoding.protected,
                                                              tie=self.encoding.tie))
         apply_param_masks(model, self.coupling.param_masks(model, genome.masks))
-        try:
-            small = self._compact(model, genome).model.train()
+        self.breeder.compaction = "exact"
+        small = self._compact_or_none(model, genome)
+        if small is None:
+            return self.breeder.compaction
+        if self.data is not None:
             x, y = self.data.train.inputs(slice(0, 2)), self.data.train.y[:2]
-            self.task.loss(small(x.cpu()), y.cpu()).backward()
-        except CompactionError as exc:
-            self.log(f"warning: {exc}")
-            return str(exc)
+            self.task.loss(small.model.train()(x.cpu()), y.cpu()).backward()
         return "exact"
 
     @property
@@ -151,47 +117,36 @@ class Evolution:
                                          self.log)
         return self._observer
 
-    # -- one step of each kind --------------------------------------------------------------
-    def _compact(self, model: nn.Module, genome: Genome):
-        example = self.data.train.inputs(slice(0, 2)).to(next(model.parameters()).device)
-        return compact(model, example, genome.masks, tuple(self.cfg.encoding.exclude))
+    # -- helpers ----------------------------------------------------------------------------
+    def _compact_or_none(self, model: nn.Module, genome: Genome) -> Compacted | None:
+        """The compact network, or None once compaction is refused (said once)."""
+        before = self.breeder.compaction
+        c = self.breeder.compact_or_none(model, genome)
+        if c is None and self.breeder.compaction != before:
+            self.log(f"warning: {self.breeder.compaction}; evolving on without compaction")
+        return c
 
-    def _train(self, model: nn.Module, genome: Genome, train_cfg, gen: torch.Generator,
-               desc: str, tag: str, teacher: nn.Module | None = None) -> Fitness:
-        """Train (resuming from the phase's checkpoint if one exists) and evaluate."""
-        pm = self.coupling.param_masks(model, genome.masks)
-        apply_param_masks(model, pm)
-        if train_cfg is not None and train_cfg.epochs:
-            ckpt = self.run.checkpoint_path(tag)
-            bars = self.observer.epoch_bars
+    def _rewind_point(self) -> None:
+        """The ancestor's initial weights, which ``weights: rewind`` offspring start from."""
+        if self.cfg.evolution.weights == "rewind":
+            self.breeder.ancestor_init = self.run.load_tensors("ancestor_init.safetensors")
 
-            def on_epoch(epoch: int, loss: float) -> None:
-                self.observer.epoch(tag, epoch, loss)
+    def _hooks(self, tag: str) -> TrainHooks:
+        """Per-epoch checkpoints and progress for training in this process."""
+        def on_epoch(epoch: int, loss: float) -> None:
+            self.observer.epoch(tag, epoch, loss)
 
-            c = (self._compact_or_none(model, genome)
-                 if self.cfg.evolution.compact_training else None)
-            if c is not None and c.folded == 0:
-                # dead channels carry exact zeros, so the compact network trains the same
-                # function with the same gradients on the live entries, only cheaper
-                train(c.model, self.data.train, train_cfg, c.compact_masks(pm), gen,
-                      self.device, desc, bars, self.task.loss, ckpt, teacher, on_epoch)
-                c.expand_into(model)
-            else:
-                train(model, self.data.train, train_cfg, pm, gen, self.device, desc, bars,
-                      self.task.loss, ckpt, teacher, on_epoch)
-        return Fitness(*self.task.evaluate(model, self.data.val, self.device))
+        return TrainHooks(self.run.checkpoint_path(tag), self.observer.epoch_bars, on_epoch)
 
-    def _compact_or_none(self, model: nn.Module, genome: Genome):
-        """The compact offspring, or None once compaction has been refused for this model
-        (said once, recorded in the summary; the run goes on masked)."""
-        if self.compaction not in ("exact", "not used"):
-            return None
-        try:
-            return self._compact(model, genome)
-        except CompactionError as exc:
-            self.log(f"warning: {exc}; evolving on without compaction")
-            self.compaction = str(exc)
-            return None
+    def _materialize(self, member: Parent) -> tuple[nn.Module, Genome]:
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(member.state)
+        return model.to(self.device), Genome(self.layers, member.masks)
+
+    def _member(self, id_: str, model: nn.Module, genome: Genome, fit: Fitness,
+                parents: list[str]) -> Parent:
+        return Parent(id_, {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                      {k: v.cpu() for k, v in genome.masks.items()}, fit, parents)
 
     def _teacher(self) -> nn.Module | None:
         """The compact parent (or ancestor) whose soft targets an offspring learns from."""
@@ -211,7 +166,8 @@ class Evolution:
         if c is None:
             return {}
         small = c.model.to(self.device)
-        x = self.data.train.inputs(slice(0, mc.latency_batch)).to(self.device)
+        x = (self.data.train.inputs(slice(0, mc.latency_batch)) if self.data is not None
+             else self.breeder.example).to(self.device)
         return {"compact_params": count_params(small),
                 "compact_macs": count_macs(small, x[:8]),
                 "model_bytes": size_bytes(small),
@@ -225,15 +181,26 @@ class Evolution:
         alive, total = self.coupling.tied_channels(genome.masks)
         return {"coupled_channels": alive, "dense_coupled_channels": total}
 
-    def _record(self, g: int, model: nn.Module, genome: Genome, fit: Fitness,
-                offspring_fitness: list[float], seconds: float,
-                environment: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _individual(self, member: Parent) -> dict[str, Any]:
+        """One line of the genealogy."""
+        stats = Genome(self.layers, member.masks).stats(self.cfg.encoding.granularity)
+        return {"id": member.id, "parents": list(member.parents),
+                self.val_key: member.fitness.value, "synapses": stats["synapses"],
+                "kernel_clusters": stats["kernel_clusters"], "filters": stats["filters"]}
+
+    def _record(self, g: int, best: Parent, offspring: list[Parent], survivors: list[Parent],
+                seconds: float, environment: dict[str, Any] | None = None,
+                test: Fitness | None = None) -> dict[str, Any]:
+        model, genome = self._materialize(best)
+        fit = best.fitness
         stats = genome.stats(self.cfg.encoding.granularity)
         anc = self.history[0] if self.history else stats
-        test = (Fitness(*self.task.evaluate(model, self.data.test, self.device))
-                if self.data.test else Fitness(None))
+        if test is None:
+            test = (Fitness(*self.task.evaluate(model, self.data.test, self.device))
+                    if self.data is not None and self.data.test else Fitness(None))
         metric = self.task.metric
         floor = self.floor(fit.value if g == 0 else self.history[0][self.val_key])
+        ev = self.cfg.evolution
         rec = {
             "generation": g,
             "metric": metric,
@@ -255,17 +222,24 @@ class Evolution:
             **self._tied(genome),
             **self._costs(model, genome),
             "meets_floor": fit.value >= floor,
-            f"offspring_val_{metric}": offspring_fitness,
+            f"offspring_val_{metric}": [o.fitness.value for o in offspring],
             **({"environment": environment} if environment else {}),
+            "id": best.id,
+            "parents": list(best.parents),
+            "offspring": [self._individual(o) for o in offspring],
+            "population": [s.id for s in survivors],
             "wall_seconds": seconds,
             "layers": stats["layers"],
         }
         self.history.append(rec)
-        self.run.write_generation(g, model, genome, rec)
+        members = survivors if ev.population > 1 else []
+        self.run.write_generation(g, model, genome, rec, members)
         self.run.clear_checkpoints()
         self.run.write_history(self.history)
         self.run.write_summary(self.summary())
+        write_json(self.run.genealogy_path, genealogy(self.history, self.val_key))
         self.observer.generation(rec, format_record(rec))
+        self.model, self.genome, self.population = model, genome, survivors
         return rec
 
     def floor(self, ancestor_val: float | None = None) -> float:
@@ -288,6 +262,7 @@ class Evolution:
                    else "generations" if last["generation"] >= self.cfg.evolution.generations
                    else "running")
         floor = self.floor()
+        ev = self.cfg.evolution
         return {
             "best_generation": best["generation"],
             "floor": None if floor == -math.inf else floor,
@@ -297,15 +272,21 @@ class Evolution:
             "metric": self.task.metric,
             "stopped": stopped,
             "compaction": self.compaction,
-            "best": {k: v for k, v in best.items() if k != "layers"},
+            "population": ev.population,
+            "parents": ev.parents,
+            "individuals": sum(len(r.get("offspring", [None])) for r in self.history),
+            "best": {k: v for k, v in best.items() if k not in ("layers", "offspring")},
         }
 
     # -- the loop ---------------------------------------------------------------------------
-    def start(self, ancestor_state: dict[str, torch.Tensor] | None = None) -> None:
+    def start(self, ancestor_state: dict[str, torch.Tensor] | None = None,
+              fitness: Fitness | None = None, test: Fitness | None = None) -> None:
         """Generation 0: train (or load) the ancestor and record it. After a kill during
-        ancestor training, the same call continues from its last epoch."""
+        ancestor training, the same call continues from its last epoch. ``fitness`` (with
+        ``ancestor_state``): the ancestor's score as measured elsewhere (ask/tell)."""
         t0 = time.perf_counter()
         self.run.save_tensors("ancestor_init.safetensors", self.model.state_dict())
+        self._rewind_point()
         genome = Genome.dense(self.model, self.layers)
         if ancestor_state is not None:
             try:
@@ -314,25 +295,35 @@ class Evolution:
                 raise UserError(f"ancestor weights do not fit the model: "
                                 f"{str(exc).splitlines()[0]}") from None
             genome = Genome.from_weights(self.model, self.layers)
-        train_cfg = None if ancestor_state is not None else self.cfg.ancestor_train
-        fit = self._train(self.model, genome, train_cfg, generator(self.cfg.seed, "ancestor"),
-                          "ancestor", "gen0-0")
-        self.genome = genome
-        self._record(0, self.model, genome, fit, [fit.value], time.perf_counter() - t0)
+        if fitness is None:
+            train_cfg = None if ancestor_state is not None else self.cfg.ancestor_train
+            fitness = self.breeder.train_and_evaluate(
+                self.model, genome, train_cfg, generator(self.cfg.seed, "ancestor"),
+                "ancestor", None, self._hooks("gen0-0"))
+        ancestor = self._member("0.0", self.model, genome, fitness, [])
+        self._record(0, ancestor, [ancestor], [ancestor], time.perf_counter() - t0, test=test)
 
     def restore(self) -> bool:
-        """Load the last complete generation as the parent (``evosynth resume``); False
+        """Load the last complete generation's population (``evosynth resume``); False
         when none is complete yet (the ancestor is still to finish: call ``start``)."""
         self.run.clean_temporaries()
         done = self.run.complete_generations()
         if not done:
             return False
+        self._rewind_point()
         required = (*HISTORY_KEYS, self.val_key, "meets_floor")
         self.history = [self.run.read_metrics(g, required) for g in done]
-        self.genome = self.run.load_generation(done[-1], self.model, self.layers)
-        self.run.clear_checkpoints(upto=done[-1])
+        g, last = done[-1], self.history[-1]
+        self.genome = self.run.load_generation(g, self.model, self.layers)
+        self.model.to(self.device)
+        members = self.run.load_population(g, self.layers)
+        self.population = members or [self._member(
+            last.get("id", f"{g}.0"), self.model, self.genome,
+            Fitness(last[self.val_key]), last.get("parents", []))]
+        self.run.clear_checkpoints(upto=g)
         self.run.write_history(self.history)
         self.run.write_summary(self.summary())
+        write_json(self.run.genealogy_path, genealogy(self.history, self.val_key))
         return True
 
     def finished(self) -> bool:
@@ -349,28 +340,17 @@ class Evolution:
         return bool(goal) and rec["meets_floor"] and all(
             rec.get(keys.get(k, k), math.inf) <= v for k, v in goal.items())
 
-    def breed(self, g: int, k: int, n_offspring: int, env: Environment | None = None,
-              attempt: int = 0, teacher: nn.Module | None = None) -> Offspring:
-        """Offspring ``k`` of generation ``g`` (``attempt``: the how-many-th sampling of the
-        parent): sample its masks from the parent, set its weights, train it under its masks
-        and evaluate it. Depends only on the parent, these numbers and the run seed."""
-        ev, seed = self.cfg.evolution, self.cfg.seed
-        at = (g, k) if attempt == 0 else (g, k, "try", attempt)
-        parent_w = layer_weights(self.model, self.strength_modules)
-        masks = self.encoding.sample(parent_w, self.genome.masks, g,
-                                     generator(seed, "sample", *at), env)
-        masks = self.coupling.propagate(masks, self.encoding.protected,
-                                       tie=self.encoding.tie)
-        child = copy.deepcopy(self.model)
-        if ev.weights == "scratch":
-            reinitialize(child, self.layers, generator(seed, "scratch", *at))
-        elif ev.weights == "rewind":
-            child.load_state_dict(self.run.load_tensors("ancestor_init.safetensors"))
-        genome = Genome(self.layers, masks)
-        fit = self._train(child, genome, self.cfg.train, generator(seed, "train", *at),
-                          f"gen {g}" + (f".{k}" if n_offspring > 1 else ""),
-                          _tag(g, attempt, str(k)), teacher)
-        return Offspring(k, child, genome, fit)
+    def jobs(self, g: int, n_offspring: int, env: Environment | None, attempt: int
+             ) -> list[Job]:
+        """Generation ``g``'s offspring, each with its parents drawn from the population
+        (seeded by the offspring, so any worker, order or resume draws the same)."""
+        m = self.cfg.evolution.parents
+        out = []
+        for k in range(n_offspring):
+            at = (g, k) if attempt == 0 else (g, k, "try", attempt)
+            chosen = choose_parents(self.population, m, generator(self.cfg.seed, "mates", *at))
+            out.append(Job(g, k, attempt, env, tuple(p.id for p in chosen)))
+        return out
 
     def pressure(self, g: int) -> float:
         """Generation ``g``'s first pressure, from the last recorded generation."""
@@ -383,82 +363,96 @@ class Evolution:
         return next_pressure(env, last["environment"]["pressure"], reserve)
 
     def step(self) -> dict[str, Any]:
-        """One generation. Schedule mode: breed the offspring, keep the best. Adaptive mode:
-        the same at the generation's pressure; if the best falls below the floor, sample
-        the parent again in a gentler environment (bounded tries)."""
+        """One generation. Schedule mode: breed the offspring, keep the fittest. Adaptive
+        mode: the same at the generation's pressure; if the best falls below the floor,
+        sample the parents again in a gentler environment (bounded tries)."""
         g = self.history[-1]["generation"] + 1
         t0 = time.perf_counter()
         n_offspring = int(schedule_at(self.cfg.evolution.offspring, g))
         teacher = self._teacher()
         if self.cfg.evolution.environment.kind == "schedule":
-            best, scores = self._generation(g, n_offspring, None, 0, teacher)
-            self.model, self.genome = best.model, best.genome
-            return self._record(g, best.model, best.genome, best.fitness, scores,
-                                time.perf_counter() - t0)
+            offspring = self._generation(g, n_offspring, None, 0, teacher)
+            return self._select(g, offspring, time.perf_counter() - t0)
         env_cfg = self.cfg.evolution.environment
-        rejected = self._load_attempts(g)
+        rejected = self.load_attempts(g)
         floor = self.floor()
         pressures = retries(env_cfg, self.pressure(g))
         for attempt in range(len(rejected), len(pressures)):
             p = pressures[attempt]
-            best, scores = self._generation(g, n_offspring, env_factors(env_cfg, p), attempt,
-                                            teacher)
+            offspring = self._generation(g, n_offspring, env_factors(env_cfg, p), attempt,
+                                         teacher)
+            best = select(offspring, 1)[0]
             env = {"pressure": p, "tries": attempt + 1, "rejected": rejected}
             if best.fitness.value >= floor or attempt == len(pressures) - 1:
                 break
             rejected.append({"pressure": p, self.val_key: best.fitness.value,
-                             "synapses": best.genome.synapses()})
-            write_json(self.run.checkpoint_path(f"gen{g}-attempts").with_suffix(".json"),
-                       rejected)
-        self.model, self.genome = best.model, best.genome
-        return self._record(g, best.model, best.genome, best.fitness, scores,
-                            time.perf_counter() - t0, env)
+                             "synapses": best.synapses})
+            self.save_attempts(g, rejected)
+        return self._select(g, offspring, time.perf_counter() - t0, env)
+
+    def _select(self, g: int, offspring: list[Parent], seconds: float,
+                env: dict[str, Any] | None = None, test: Fitness | None = None
+                ) -> dict[str, Any]:
+        survivors = select(offspring, self.cfg.evolution.population)
+        return self._record(g, survivors[0], offspring, survivors, seconds, env, test)
 
     def _generation(self, g: int, n_offspring: int, env: Environment | None, attempt: int,
-                    teacher: nn.Module | None) -> tuple[Offspring, list[float]]:
-        """Breed a generation's offspring (resuming after the last one saved); the best and
-        every offspring's score."""
-        best, scores = self._load_progress(g, attempt)
-        for k in range(len(scores), n_offspring):
-            child = self.breed(g, k, n_offspring, env, attempt, teacher)
-            scores.append(child.fitness.value)
-            if best is None or child.rank > best.rank:
-                best = child
-            if n_offspring > 1:
-                self._save_progress(g, attempt, best, scores)
-        return best, scores
+                    teacher: nn.Module | None) -> list[Parent]:
+        """Breed a generation's offspring (resuming after those already saved), in index
+        order."""
+        jobs = self.jobs(g, n_offspring, env, attempt)
+        bred = self.load_progress(g, attempt, n_offspring)
+        todo = [j for j in jobs if j.k not in bred]
+        if self.backend is None:
+            self.backend = make_backend(self.breeder, self.cfg.execution, self.log)
+        population = {p.id: p for p in self.population}
 
-    def _load_attempts(self, g: int) -> list[dict[str, Any]]:
+        def desc(job: Job) -> str:
+            return f"gen {g}" + (f".{job.k}" if n_offspring > 1 else "")
+
+        for child in self.backend.breed(todo, population, teacher,
+                                        lambda j: self._hooks(_tag(g, j.attempt, str(j.k))),
+                                        desc):
+            k = int(child.id.split(".")[1])
+            bred[k] = child
+            if n_offspring > 1:
+                self.save_progress(g, attempt, k, child)
+                fault_point("offspring-saved")
+        return [bred[k] for k in range(n_offspring)]
+
+    def load_attempts(self, g: int) -> list[dict[str, Any]]:
+        """Generation ``g``'s rejected tries so far (adaptive mode)."""
         path = self.run.checkpoint_path(f"gen{g}-attempts").with_suffix(".json")
         return list(read_json(path)) if path.is_file() else []
 
-    def _save_progress(self, g: int, attempt: int, best: Offspring, scores: list[float]
-                       ) -> None:
-        tensors = {**{f"weights/{k}": v for k, v in best.model.state_dict().items()},
-                   **{f"masks/{k}": v.to(torch.uint8) for k, v in best.genome.masks.items()}}
-        meta = {"scores": scores, "index": best.index, "value": best.fitness.value,
-                "details": best.fitness.details}
-        save_state(tensors, meta, self.run.checkpoint_path(_tag(g, attempt, "best")))
+    def save_attempts(self, g: int, rejected: list[dict[str, Any]]) -> None:
+        write_json(self.run.checkpoint_path(f"gen{g}-attempts").with_suffix(".json"),
+                   rejected)
 
-    def _load_progress(self, g: int, attempt: int) -> tuple[Offspring | None, list[float]]:
-        path = self.run.checkpoint_path(_tag(g, attempt, "best"))
-        if not path.is_file():
-            return None, []
-        tensors, meta = read_state(path)
-        model = copy.deepcopy(self.model)
-        model.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("weights/")})
-        masks = {k[6:]: v.bool() for k, v in tensors.items() if k.startswith("masks/")}
-        best = Offspring(meta["index"], model, Genome(self.layers, masks),
-                         Fitness(meta["value"], meta["details"]))
-        return best, list(meta["scores"])
+    def save_progress(self, g: int, attempt: int, k: int, child: Parent) -> None:
+        save_state(*child.to_state(), self.run.checkpoint_path(_tag(g, attempt, f"o{k}")))
+
+    def load_progress(self, g: int, attempt: int, n_offspring: int) -> dict[int, Parent]:
+        out = {}
+        for k in range(n_offspring):
+            path = self.run.checkpoint_path(_tag(g, attempt, f"o{k}"))
+            if path.is_file():
+                out[k] = Parent.from_state(*read_state(path))
+        return out
 
     def run_all(self) -> EvolutionResult:
         try:
             while not self.finished():
                 self.step()
         finally:
-            self.observer.close()
+            self.close()
         return self.result()
+
+    def close(self) -> None:
+        self.observer.close()
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
     def result(self) -> EvolutionResult:
         best_g = self.summary()["best_generation"]
@@ -467,6 +461,29 @@ class Evolution:
         return EvolutionResult(self.history, best_g, model, genome, self.run)
 
 
+def select(offspring: list[Parent], k: int) -> list[Parent]:
+    """The ``k`` fittest: validation score, then fewer synapses, then the lower index (so
+    the order in which offspring finish never matters)."""
+    def key(p: Parent) -> tuple[float, int, int]:
+        return (*p.rank, -int(p.id.split(".")[1]))
+
+    return sorted(offspring, key=key, reverse=True)[:k]
+
+
+def genealogy(history: list[dict[str, Any]], val_key: str) -> dict[str, Any]:
+    """Every individual bred in the accepted tries, its parents, score and size; which
+    survived into the population and which was each generation's best."""
+    individuals = []
+    for rec in history:
+        survivors = set(rec.get("population", [rec.get("id")]))
+        for ind in rec.get("offspring", []):
+            individuals.append({"generation": rec["generation"], **ind,
+                                "survived": ind["id"] in survivors,
+                                "best": ind["id"] == rec.get("id")})
+    return {"metric": val_key, "individuals": individuals}
+
+
 def _tag(g: int, attempt: int, what: str) -> str:
-    """Checkpoint names: ``gen3-0`` (offspring 0), ``gen3-t1-best`` (second try's best)."""
+    """Checkpoint names: ``gen3-0`` (offspring 0's training), ``gen3-t1-o2`` (second try's
+    offspring 2, trained)."""
     return f"gen{g}-{what}" if attempt == 0 else f"gen{g}-t{attempt}-{what}"

@@ -23,6 +23,7 @@ from .errors import UserError
 # Fault injection for the kill tests: EVOSYNTH_KILL_AT="<point>:<n>" kills the process with
 # SIGKILL the n-th time (1-based) it passes ``fault_point(<point>)``. Unset, it costs a lookup.
 _KILL_ENV = "EVOSYNTH_KILL_AT"
+_ONCE_ENV = "EVOSYNTH_KILL_ONCE"  # a file: the kill happens only if it does not exist yet
 _passes: dict[str, int] = {}
 
 
@@ -36,6 +37,12 @@ def fault_point(name: str) -> None:
         return
     _passes[name] = _passes.get(name, 0) + 1
     if _passes[name] == int(nth):
+        once = os.environ.get(_ONCE_ENV)  # across processes (a retried Ray worker): one kill
+        if once:
+            try:
+                Path(once).touch(exist_ok=False)
+            except FileExistsError:
+                return
         os.kill(os.getpid(), signal.SIGKILL)
 
 

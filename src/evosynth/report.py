@@ -68,6 +68,11 @@ def history_table(history: list[dict[str, Any]], summary: dict[str, Any] | None)
         lines.append(f"\nbest generation {summary['best_generation']} "
                      f"(floor {floor_s}, {summary['encoding']} encoding, "
                      f"{summary['granularity']} clusters, stopped: {summary['stopped']})")
+        if summary.get("population", 1) > 1 or summary.get("parents", 1) > 1:
+            lines.append(f"population {summary['population']}, {summary['parents']} "
+                         f"parent(s) per offspring, {summary.get('individuals', '?')} "
+                         "individuals bred (genealogy.json); rows are each generation's "
+                         "fittest")
     return "\n".join(lines)
 
 

@@ -284,9 +284,8 @@ def render(series: list[Series], title: str) -> str:
         for s in series if (rows := detection_rows(s)))
     if det:
         parts.append(_section("detection", "Average precision per class (test)", det))
-    genealogy = "".join(f"<h3>{html.escape(s.label)}</h3><pre>"
-                        f"{html.escape(s.run.genealogy_path.read_text())}</pre>"
-                        for s in series if s.run and s.run.genealogy_path.is_file())
+    genealogy = "".join(f"<h3>{html.escape(s.label)}</h3>{_genealogy(s)}" for s in series
+                        if any(len(r.get("offspring", ())) > 1 for r in s.records))
     if genealogy:
         parts.append(_section("genealogy", "Genealogy", genealogy))
     tables = "".join(f"<h3>{html.escape(s.label)}</h3><pre>"
@@ -311,6 +310,23 @@ def render(series: list[Series], title: str) -> str:
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head>"
             f"<body><h1>{html.escape(title)}</h1>{body}</body></html>")
+
+
+def _genealogy(s: Series) -> str:
+    """Every individual of the run's accepted tries: who bred it, how it did, whether it
+    joined the population (and was its generation's best)."""
+    rows = []
+    metric = s.records[0].get("metric", "accuracy")
+    for r in s.records:
+        survivors = set(r.get("population", [r.get("id")]))
+        for ind in r.get("offspring", []):
+            fate = "best" if ind["id"] == r.get("id") else \
+                "parent" if ind["id"] in survivors else ""
+            rows.append([r["generation"], ind["id"], " + ".join(ind["parents"]) or "-",
+                         _fmt(ind.get(f"val_{metric}"), pct=True), f"{ind['synapses']:,}",
+                         f"{ind['kernel_clusters']:,}", fate])
+    return _table(["generation", "id", "parents", f"val {metric}", "synapses",
+                   "kernel clusters", "selected"], rows)
 
 
 def _environment(s: Series) -> str:

@@ -5,6 +5,8 @@
     ancestor_init.safetensors        the ancestor's initial weights (for ``rewind``)
     checkpoints/<tag>.safetensors    training state of the phase in progress (epoch-level)
     generations/<g>/weights.safetensors, masks.safetensors, metrics.json
+    generations/<g>/population/<i>.safetensors   every member of a population (population > 1)
+    genealogy.json                   every individual bred, its parents, score and size
     history.jsonl                    one JSON object per generation
     summary.json                     the best generation that meets the floor
 
@@ -27,6 +29,7 @@ import torch
 import yaml
 from torch import nn
 
+from .breeding import Parent
 from .config import RunConfig, dump_yaml, validate
 from .errors import UserError
 from .genome import Genome
@@ -35,7 +38,9 @@ from .io import (
     fault_point,
     read_json,
     read_safetensors,
+    read_state,
     save_safetensors,
+    save_state,
     write_json,
     write_text,
 )
@@ -43,6 +48,7 @@ from .seeding import resolve_device
 
 FORMAT = 1
 GENERATIONS = "generations"
+POPULATION = "population"  # in a generation's folder: every member of a population
 CHECKPOINTS = "checkpoints"
 MARKER = "run.json"
 # every name evosynth writes at a run's top level (exports default to compact-gen*)
@@ -218,7 +224,9 @@ class RunDir:
 
     # -- generations ------------------------------------------------------------------------
     def write_generation(self, g: int, model: nn.Module, genome: Genome,
-                         metrics: dict[str, Any]) -> None:
+                         metrics: dict[str, Any], members: list[Parent] | None = None) -> None:
+        """The generation's best (weights, masks, metrics) and, for a population, every
+        member (``population/<i>.safetensors``), written together or not at all."""
         final = self.generation_dir(g)
         tmp = final.parent / f".{g}.partial"
         if tmp.exists():
@@ -226,11 +234,26 @@ class RunDir:
         tmp.mkdir(parents=True)
         save_safetensors(model.state_dict(), tmp / "weights.safetensors")
         genome.save(tmp / "masks.safetensors")
+        for i, member in enumerate(members or []):
+            (tmp / POPULATION).mkdir(exist_ok=True)
+            save_state(*member.to_state(), tmp / POPULATION / f"{i}.safetensors")
         write_json(tmp / "metrics.json", metrics)
         fault_point("generation-written")
         if final.exists():  # a generation redone after an interrupted resume
             shutil.rmtree(final)
         os.replace(tmp, final)
+
+    def load_population(self, g: int, layers) -> list[Parent]:
+        """A population run's members at generation ``g`` (empty for a single lineage)."""
+        folder = self.generation_dir(g) / POPULATION
+        files = sorted(folder.glob("*.safetensors"), key=lambda p: int(p.stem)) \
+            if folder.is_dir() else []
+        members = [Parent.from_state(*read_state(p)) for p in files]
+        for p, m in zip(files, members, strict=True):
+            if set(m.masks) != set(layers):
+                raise damaged(p, "masks for other layers than the model's",
+                              "restore it or start the run again")
+        return members
 
     def weights_path(self, g: int) -> Path:
         """A generation's weights: what ``ancestor_weights`` takes from another run."""

@@ -1,0 +1,123 @@
+"""Ask/tell: your training loop, evosynth's heredity, lineage and run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import evosynth
+from evosynth.data.digits import load_digits
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train, _, _ = load_digits()
+    return train.x[:600], train.y[:600], train.x[1200:1500], train.y[1200:1500]
+
+
+def fit(model, x, y, epochs=1, candidate=None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    if candidate is not None:
+        candidate.attach(opt)
+    for _ in range(epochs):
+        for i in range(0, len(x), 50):
+            loss = F.cross_entropy(model(x[i:i + 50]), y[i:i + 50])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def accuracy(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def ancestor(digits):
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    fit(net, x, y, 3)
+    return net
+
+
+CONFIG = {"evolution": {"generations": 2, "offspring": 2, "population": 2, "parents": 2},
+          "measure": {"costs": False}}
+
+
+def drive(syn, digits, stop_after: int | None = None) -> None:
+    x, y, xv, yv = digits
+    told = 0
+    while not syn.done:
+        for cand in syn.ask():
+            if stop_after is not None and told == stop_after:
+                return
+            fit(cand.model, x, y, 1, cand)
+            syn.tell(cand, accuracy(cand.model, xv, yv))
+            told += 1
+
+
+def files(run):
+    hist = [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"}
+            for line in (run / "history.jsonl").read_text().splitlines()]
+    tensors = {str(p.relative_to(run)): p.read_bytes()
+               for p in sorted(run.glob("generations/**/*.safetensors"))}
+    return hist, tensors
+
+
+def test_ask_tell_population_run_and_its_resume_are_identical(digits, tmp_path):
+    net = ancestor(digits)
+    _, _, xv, yv = digits
+    whole = evosynth.Synthesis(net, digits[0][:8], accuracy(net, xv, yv), CONFIG,
+                               run_dir=tmp_path / "whole", log=lambda s: None)
+    drive(whole, digits)
+    hist, tensors = files(tmp_path / "whole")
+    assert [r["generation"] for r in hist] == [0, 1, 2]
+    assert all(len(o["parents"]) == 2 for o in hist[2]["offspring"])
+    assert "population/1.safetensors" in "".join(tensors)
+    # stop in the middle of generation 2 (one candidate told), resume, finish
+    part = evosynth.Synthesis(net, digits[0][:8], accuracy(net, xv, yv), CONFIG,
+                              run_dir=tmp_path / "part", log=lambda s: None)
+    drive(part, digits, stop_after=3)
+    assert part.generation == 2
+    again = evosynth.Synthesis.resume(net, digits[0][:8], tmp_path / "part", log=lambda s: None)
+    assert [c.id for c in again.ask()] == ["2.1"]  # 2.0 was told before the stop
+    drive(again, digits)
+    assert files(tmp_path / "part") == (hist, tensors)
+
+
+def test_tell_refuses_a_candidate_whose_dead_synapses_moved(digits, tmp_path):
+    net = ancestor(digits)
+    syn = evosynth.Synthesis(net, digits[0][:8], 0.9, {"evolution": {"generations": 1}},
+                             run_dir=tmp_path / "r", log=lambda s: None)
+    cand = syn.ask()[0]
+    dead = ~cand.masks["1"]
+    assert dead.any()
+    with torch.no_grad():
+        cand.model[1].weight[dead] = 0.5  # trained without attach/enforce
+    with pytest.raises(evosynth.UserError, match="dead entries of 1.weight are no longer zero"):
+        syn.tell(cand, 0.9)
+    cand.enforce()
+    assert syn.tell(cand, 0.9)["generation"] == 1
+    with pytest.raises(evosynth.UserError, match="not one of generation"):
+        syn.tell(cand, 0.9)
+
+
+def test_a_told_score_below_the_floor_is_asked_again_in_a_gentler_environment(digits,
+                                                                              tmp_path):
+    net = ancestor(digits)
+    syn = evosynth.Synthesis(net, digits[0][:8], 0.9,
+                             {"evolution": {"generations": 1, "max_drop": 0.01}},
+                             run_dir=tmp_path / "r", log=lambda s: None)
+    first = syn.ask()[0]
+    assert syn.tell(first, 0.5) is None  # below the floor: the generation is bred again
+    second = syn.ask()[0]
+    assert second is not first and second.job.attempt == 1
+    assert second.masks["1"].sum() > first.masks["1"].sum()  # gentler
+    rec = syn.tell(second, 0.895)
+    assert rec["environment"]["tries"] == 2 and rec["meets_floor"]
+    assert rec["environment"]["rejected"][0]["val_accuracy"] == 0.5
+    assert syn.done and syn.ask() == []
