@@ -98,7 +98,7 @@ def test_tell_refuses_a_candidate_whose_dead_synapses_moved(digits, tmp_path):
     assert dead.any()
     with torch.no_grad():
         cand.model[1].weight[dead] = 0.5  # trained without attach/enforce
-    with pytest.raises(evosynth.UserError, match="dead entries of 1.weight are no longer zero"):
+    with pytest.raises(evosynth.UserError, match=r"dead entries of 1\.weight are no longer zero"):
         syn.tell(cand, 0.9)
     cand.enforce()
     assert syn.tell(cand, 0.9)["generation"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -42,7 +43,7 @@ def contents(run: Path) -> tuple[dict, list]:
             tensors[(str(f.relative_to(run)), k)] = v
     history = [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"}
                for line in (run / "history.jsonl").read_text().splitlines()]
-    return tensors, history + [json.loads((run / "genealogy.json").read_text())]
+    return tensors, [*history, json.loads((run / "genealogy.json").read_text())]
 
 
 def same(a: tuple[dict, list], b: tuple[dict, list]) -> None:
@@ -79,7 +80,7 @@ def test_population_run_records_parents_and_a_consistent_genealogy(reference, tm
     assert [r["generation"] for r in history] == [0, 1, 2]
     individuals = {i["id"]: i for i in tree["individuals"]}
     assert len(individuals) == 1 + 3 + 3
-    for prev, rec in zip(history, history[1:], strict=False):
+    for prev, rec in itertools.pairwise(history):
         assert len(rec["population"]) == 2 and rec["id"] == rec["population"][0]
         assert [o["id"] for o in rec["offspring"]] == [f"{rec['generation']}.{k}"
                                                         for k in range(3)]
@@ -166,9 +167,9 @@ def test_parents_are_chosen_by_seeded_tournaments_fittest_first():
 
 
 def test_population_settings_are_checked():
-    with pytest.raises(UserError, match="parents .2. must be at most evolution.population"):
+    with pytest.raises(UserError, match=r"parents \(2\) must be at most evolution\.population"):
         validate({"evolution": {"parents": 2}})
-    with pytest.raises(UserError, match="offspring .2. must be at least"):
+    with pytest.raises(UserError, match=r"offspring \(2\) must be at least"):
         validate({"evolution": {"population": 3, "offspring": {1: 4, 3: 2}}})
 
 
