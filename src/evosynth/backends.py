@@ -7,6 +7,7 @@ parents and the run), in the order they finish; the driver orders them by index.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,10 +50,21 @@ class LocalBackend:
         pass
 
 
-def _remote_offspring(breeder: Breeder, population: dict[str, Parent], job: Job,
-                      teacher: nn.Module | None, threads: int, gpus: float) -> Parent:
-    """One offspring on a Ray worker, with the thread count the run asked for."""
+_BREEDERS: dict[str, Breeder] = {}  # per worker process: the run's breeder, unpacked once
+
+
+def _remote_offspring(run: str, breeder_ref: list[Any], population: dict[str, Parent],
+                      job: Job, teacher: nn.Module | None, threads: int, gpus: float
+                      ) -> Parent:
+    """One offspring on a Ray worker, with the thread count the run asked for. The breeder
+    (the data, and a traced model) is unpacked once per worker and run, not per task."""
+    import ray
+
     torch.set_num_threads(threads)
+    if run not in _BREEDERS:
+        _BREEDERS.clear()
+        _BREEDERS[run] = ray.get(breeder_ref[0])
+    breeder = _BREEDERS[run]
     if gpus > 0 and torch.cuda.is_available():
         breeder.device = torch.device("cuda")  # Ray shows the task its own GPU(s) only
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
@@ -93,6 +105,7 @@ class RayBackend:
         self.task = ray.remote(_remote_offspring).options(
             num_cpus=cfg.cpus_per_offspring, num_gpus=cfg.gpus_per_offspring, max_retries=3)
         self.breeder_ref = ray.put(breeder)
+        self.run_id = uuid.uuid4().hex
         self.run_bytes = _data_bytes(breeder.data.train) + _data_bytes(breeder.data.val)
         self.generation_bytes: dict[str, int] = {}  # what moved for the last generation
 
@@ -106,7 +119,8 @@ class RayBackend:
         parents = {i: p for i, p in population.items() if i in used}
         pop_ref = ray.put(parents)
         teacher_ref = ray.put(teacher.cpu() if teacher is not None else None)
-        pending = [self.task.remote(self.breeder_ref, pop_ref, job, teacher_ref,
+        # the breeder's reference inside a list: Ray leaves it to the task to fetch (once)
+        pending = [self.task.remote(self.run_id, [self.breeder_ref], pop_ref, job, teacher_ref,
                                     self.cfg.cpus_per_offspring, self.cfg.gpus_per_offspring)
                    for job in jobs]
         back = 0
