@@ -3,6 +3,8 @@ a silently different network."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -22,17 +24,123 @@ def evolve(model, tmp_path, name, **kw):
                            run_dir=tmp_path / name, log=lambda s: None, **kw)
 
 
-def test_layernorm_mlp_is_refused_not_silently_wrong(tmp_path):
+def test_layernorm_width_is_a_boundary_and_compaction_stays_exact(tmp_path):
+    """A LayerNorm mixes its channels: the layer writing them keeps every filter (it still
+    loses synapses), nothing is removed across the normalization, and the compact network
+    is the masked one."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.LayerNorm(64), nn.GELU(), nn.Linear(64, 4))
     res = evolve(model, tmp_path, "ln")
-    summary = res.run_dir.summary()
-    assert summary["compaction"].startswith("compaction would change what the network")
-    assert "1 (LayerNorm)" in summary["compaction"]
-    assert "compact_macs" not in res.history[-1]  # no costs of a network we cannot build
-    assert res.history[-1]["synapses"] < res.history[0]["synapses"]  # evolution went on
-    with pytest.raises(CompactionError, match="LayerNorm"):
-        compact(res.best_model, X[:2], res.best_genome.masks)
+    assert res.run_dir.summary()["compaction"] == "exact"
+    last = res.history[-1]
+    assert last["layers"]["0"]["filters"] == 64  # the normalized width is whole
+    assert last["layers"]["0"]["synapses"] < 64 * 32  # but its synapses evolved
+    assert last["synapses"] < res.history[0]["synapses"]
+    c = compact(res.best_model, X[:2], res.best_genome.masks)
+    with torch.no_grad():
+        assert torch.allclose(c.model(X[:50]), res.best_model.eval()(X[:50]), atol=1e-5)
+
+
+class Encoder(nn.Module):
+    """A transformer classifier built from PyTorch's own layer (post-norm, as defaulted)."""
+
+    def __init__(self, batch_first: bool = True):
+        super().__init__()
+        self.batch_first = batch_first
+        self.inp = nn.Linear(16, 32)
+        self.enc = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=batch_first)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = self.enc(self.inp(x) if self.batch_first else self.inp(x).transpose(0, 1))
+        return self.head(h.mean(1 if self.batch_first else 0))
+
+
+class ExplicitAttention(nn.Module):
+    """nn.MultiheadAttention called directly, its q/k/v width the residual width."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = self.inp(x)
+        a, _ = self.attn(h, h, h)
+        return self.head((h + a).mean(1))
+
+
+SEQ = torch.randn(600, 8, 16, generator=torch.Generator().manual_seed(1))
+SEQ_Y = SEQ[:, :, :4].sum(1).argmax(1)
+
+
+@pytest.mark.parametrize("make", [Encoder, ExplicitAttention,
+                                  lambda: Encoder(batch_first=False)])
+def test_attention_evolves_by_whole_heads_and_compacts_exactly(tmp_path, make):
+    torch.manual_seed(0)
+    cfg = {**CONFIG, "evolution": {"generations": 3, "max_drop": None,
+                                   "environment": {"pressure": 0.4}}}
+    res = evosynth.evolve(make(), (SEQ, SEQ_Y), (SEQ[:200], SEQ_Y[:200]), config=cfg,
+                          run_dir=tmp_path / "r", log=lambda s: None)
+    assert res.run_dir.summary()["compaction"] == "exact"
+    name = "attn" if make is ExplicitAttention else "enc.self_attn"
+    first, last = res.history[0], res.history[-1]
+    assert first["heads"] == 4 and 1 <= last["heads"] < 4
+    parts = res.best_genome.masks[name].reshape(3, 4, 8, 32).any(-1).any(-1)  # (q|k|v, head)
+    assert torch.equal(parts.all(0), parts.any(0)), "a head lives or dies whole"
+    per_head = parts.all(0)
+    c = compact(res.best_model, SEQ[:2], res.best_genome.masks)
+    attn = c.model.get_submodule(name)
+    assert attn.num_heads == int(per_head.sum()) < 4
+    assert attn.out_proj.in_features == 8 * attn.num_heads
+    assert last["compact_params"] < first["compact_params"]
+    with torch.no_grad():
+        ref = res.best_model.eval()(SEQ[:50])
+        assert torch.allclose(c.model.eval()(SEQ[:50]), ref, atol=1e-5)
+
+
+def test_head_pruned_attention_equals_the_masked_attention_under_every_mask():
+    """The replacement computes what MultiheadAttention computed with dead heads zeroed:
+    batch first or not, unbatched, attention and padding masks (2-D, 3-D per head, bool,
+    float), causal, with and without attention weights; a dead head's v bias folds into the
+    output bias."""
+    from evosynth.attention import shrink_heads
+
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        mha = nn.MultiheadAttention(16, 4, batch_first=batch_first).double().eval()
+        dead = torch.tensor([False, True, False, True])
+        with torch.no_grad():
+            for h in torch.nonzero(dead).flatten().tolist():
+                rows = slice(32 + 4 * h, 32 + 4 * (h + 1))  # v rows of head h
+                mha.in_proj_weight[rows] = 0
+                mha.in_proj_bias[rows] = 0.3  # a constant v: folded into the output bias
+        holder = nn.Module()
+        holder.attn = mha
+        twin = copy.deepcopy(holder)
+        ref = copy.deepcopy(mha)
+        assert shrink_heads(holder, twin, "attn", dead)
+        small = holder.attn
+        assert small.num_heads == 2
+        b, t = 3, 5
+        x = torch.randn((b, t, 16) if batch_first else (t, b, 16), dtype=torch.float64)
+        pad = torch.zeros(b, t, dtype=torch.bool)
+        pad[0, -2:] = True
+        causal = torch.ones(t, t, dtype=torch.bool).triu(1)
+        per_head = torch.randn(b * 4, t, t, dtype=torch.float64)
+        cases = [{}, {"key_padding_mask": pad}, {"attn_mask": causal},
+                 {"attn_mask": causal.double() * -1e9}, {"attn_mask": per_head},
+                 {"attn_mask": causal, "key_padding_mask": pad}]
+        for kw in cases:
+            for need in (False, True):
+                a, wa = ref(x, x, x, need_weights=need, average_attn_weights=False, **kw)
+                o, wo = small(x, x, x, need_weights=need, average_attn_weights=False, **kw)
+                assert torch.allclose(a, o, atol=1e-10), kw
+                if need:  # the attention weights of the heads that live
+                    assert torch.allclose(wa[:, ~dead], wo, atol=1e-10), kw
+        xu = torch.randn(t, 16, dtype=torch.float64)
+        assert torch.allclose(ref(xu, xu, xu)[0], small(xu, xu, xu)[0], atol=1e-10)
 
 
 def test_batchnorm_mlp_compacts_exactly(tmp_path):

@@ -138,16 +138,16 @@ def test_mating_combines_masks_strengths_and_weights_as_documented():
     coupling = Coupling([], layers)
     fit = _parent("a", [[1.0, 0.0], [2.0, 0.0]], 0.9)
     weak = _parent("b", [[3.0, 4.0], [0.0, 0.0]], 0.8)
-    strengths, masks, state = combine([fit, weak], coupling, net, {"fc"}, "fittest")
+    strengths, masks, state = combine([fit, weak], coupling, net, {"fc": "fc.weight"}, "fittest")
     # a synapse dead in every parent stays dead; one alive in any may be passed on
     assert masks["fc"].tolist() == [[True, True], [True, False]]
     assert strengths["fc"].tolist() == [[2.0, 2.0], [1.0, 0.0]]
     # fittest: its own values, and the other parent's where it had the synapse dead
     assert state["fc.weight"].tolist() == [[1.0, 4.0], [2.0, 0.0]]
-    _, _, mean = combine([fit, weak], coupling, net, {"fc"}, "mean")
+    _, _, mean = combine([fit, weak], coupling, net, {"fc": "fc.weight"}, "mean")
     assert mean["fc.weight"].tolist() == [[2.0, 4.0], [2.0, 0.0]]
     # one parent: its own, unchanged
-    s1, m1, st1 = combine([weak], coupling, net, {"fc"}, "fittest")
+    s1, m1, st1 = combine([weak], coupling, net, {"fc": "fc.weight"}, "fittest")
     assert st1 is weak.state and m1 is weak.masks and torch.equal(s1["fc"], weak.state["fc.weight"])
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .clusters import Layer, prunable_layers
+from .clusters import Layer, prunable_layers, weight_name
 from .compact import Compacted, CompactionError, compact
 from .config import RunConfig
 from .coupling import Coupling
@@ -127,6 +127,8 @@ class Breeder:
         self.strength_modules = set(self.layers) | {
             n for n, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None}
+        modules = dict(model.named_modules())
+        self.strength_keys = {n: f"{n}.{weight_name(modules[n])}" for n in self.strength_modules}
         self.coupling = (Coupling.build(copy.deepcopy(model).eval(), self.example[:2],
                                         self.layers)
                          if cfg.encoding.couple else Coupling([], self.layers))
@@ -136,7 +138,8 @@ class Breeder:
     def __getstate__(self) -> dict[str, Any]:
         # the coupling holds a traced Torch-Pruning graph: rebuilt from the model instead
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("layers", "strength_modules", "coupling", "encoding")}
+                if k not in ("layers", "strength_modules", "strength_keys", "coupling",
+                             "encoding")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -148,7 +151,7 @@ class Breeder:
         (on the CPU)."""
         ev, seed = self.cfg.evolution, self.cfg.seed
         strengths, masks, state = combine(parents, self.coupling, self.model,
-                                          self.strength_modules, ev.mating)
+                                          self.strength_keys, ev.mating)
         masks = self.encoding.sample(strengths, masks, job.g,
                                      generator(seed, "sample", *job.at), job.env)
         masks = self.coupling.propagate(masks, self.encoding.protected, tie=self.encoding.tie)
@@ -217,8 +220,15 @@ def reinitialize(model: nn.Module, layers: dict[str, Layer], gen: torch.Generato
     """PyTorch's default Conv/Linear initialization, drawn from ``gen`` (``scratch`` mode)."""
     modules = dict(model.named_modules())
     with torch.no_grad():
-        for name in layers:
+        for name, layer in layers.items():
             m = modules[name]
+            if layer.kind == "attention":  # MultiheadAttention's own: Xavier, zero biases
+                w = torch.empty(layer.shape)
+                nn.init.xavier_uniform_(w, generator=gen)
+                m.in_proj_weight.copy_(w)
+                if m.in_proj_bias is not None:
+                    m.in_proj_bias.zero_()
+                continue
             w = torch.empty(m.weight.shape)
             nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
             m.weight.copy_(w)

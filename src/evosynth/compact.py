@@ -16,18 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .attention import dead_heads, shrink_heads
 from .clusters import prunable_layers
-from .coupling import ChannelGroup, Coupling
+from .coupling import CHANNEL_MIXERS, ChannelGroup, Coupling
 from .errors import UserError
 from .genome import Genome, apply_param_masks, weight_masks
 
 CONST_TOL = 1e-6
 EXACT_RTOL = 1e-6  # compact vs masked outputs in float64, relative to the output's scale
-
-
-# layers whose output depends on all channels together: removing one changes the others
-CHANNEL_MIXERS = tuple(t for t in (nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention,
-                                   getattr(nn, "RMSNorm", None)) if t is not None)
 
 
 class CompactionError(UserError):
@@ -114,8 +110,8 @@ def _removable(coupling: Coupling, group: ChannelGroup, masks, inputs, modules) 
     """Boolean over the group's channels: which can leave the network. A removed channel
     that is dead but still read feeds a constant, folded here into its readers' biases."""
     consumers = group.by_role("in")
-    if not consumers:
-        return torch.zeros(group.channels, dtype=torch.bool)  # the network's outputs
+    if not consumers or group.boundary:  # the network's outputs; a normalized width
+        return torch.zeros(group.channels, dtype=torch.bool)
     dead = ~coupling.channel_alive(group, masks)
     unread = ~coupling.channel_read(group, masks)
     remove = dead | unread
@@ -150,7 +146,7 @@ def compact(model: nn.Module, example_input: torch.Tensor,
     modules = dict(net.named_modules())
     if masks is None:
         masks = Genome.from_weights(net, layers).masks
-    apply_param_masks(net, weight_masks(masks))
+    apply_param_masks(net, weight_masks(masks, layers))
     coupling = Coupling.build(net, example_input, layers)
     if coupling.error:
         raise CompactionError(f"compaction and speed-ups are off for this model: "
@@ -168,12 +164,12 @@ def compact(model: nn.Module, example_input: torch.Tensor,
 
     inputs = _capture_inputs(net, {m.module for g in coupling.groups for m in g.by_role("in")},
                              example_input)
-    biases = {n: (m.bias.detach().clone() if m.bias is not None else None)
+    biases = {n: (m.bias.detach().clone() if getattr(m, "bias", None) is not None else None)
               for n, m in modules.items() if n in layers}
     plan = [(g, tg, _removable(coupling, g, masks, inputs, modules))
             for g, tg in zip(coupling.groups, twin_coupling.groups, strict=True)]
     folded = sum(1 for n, b in biases.items()
-                 if modules[n].bias is not None
+                 if getattr(modules[n], "bias", None) is not None
                  and (b is None or not torch.equal(b, modules[n].bias.detach())))
     removed = {}
     for group, twin_group, remove in plan:
@@ -183,10 +179,18 @@ def compact(model: nn.Module, example_input: torch.Tensor,
         for dg, (root, fn) in ((coupling.dg, group.root), (twin_coupling.dg, twin_group.root)):
             dg.get_pruning_group(root, fn, idxs).prune(record_history=False)
         removed[next(n for n, m in modules.items() if m is group.root[0])] = len(idxs)
+    for name, layer in layers.items():  # attention heads whose v rows all died
+        if layer.kind != "attention":
+            continue
+        dead = dead_heads(masks[name], layer.heads)
+        dead[0] &= not bool(dead.all())  # an attention keeps a head, so shapes stay valid
+        if bool(dead.any()):
+            folded += shrink_heads(net, twin, name, dead)
+            removed[name] = int(dead.sum())
     index = {n: t.round().long() for n, t in twin.state_dict().items()
              if t.is_floating_point()}
-    out_masks = {n: masks[n].flatten()[index[f"{n}.weight"].to(masks[n].device)]
-                 .reshape(index[f"{n}.weight"].shape) for n in layers}
+    out_masks = {n: masks[n].flatten()[index[layer.weight_key].to(masks[n].device)]
+                 .reshape(index[layer.weight_key].shape) for n, layer in layers.items()}
     if removed:
         probe = (torch.randn(example_input.shape, generator=torch.Generator().manual_seed(0))
                  .to(example_input) if example_input.is_floating_point() else example_input)

@@ -23,8 +23,16 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass over ``example``'s batch, per sample."""
     model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model(example)
+    mha = getattr(torch.backends, "mha", None)  # the fused transformer path counts nothing
+    fused = mha.get_fastpath_enabled() if mha is not None else False
+    if mha is not None:
+        mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(example)
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(fused)
     return counter.get_total_flops() // 2 // max(1, len(example))
 
 

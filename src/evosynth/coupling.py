@@ -17,6 +17,11 @@ from torch import nn
 
 from .clusters import PRUNABLE_TYPES, Layer, live_filters
 
+# layers whose output depends on all channels together: removing one changes the others,
+# so the channels they read are a boundary (never removed; their writers' filters live)
+CHANNEL_MIXERS = tuple(t for t in (nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention,
+                                   getattr(nn, "RMSNorm", None)) if t is not None)
+
 # transposed convolutions are not evolved (their weight is (in, out, ...)); compaction still
 # removes the dead channels that feed them
 TRANSPOSED = nn.modules.conv._ConvTransposeNd
@@ -37,6 +42,7 @@ class ChannelGroup:
     channels: int
     root: tuple[nn.Module, object] | None = None  # (module, pruning fn) for Torch-Pruning
     members: list[Member] = field(default_factory=list)
+    boundary: bool = False  # a normalization or attention mixes these channels
 
     def by_role(self, role: str) -> list[Member]:
         return [m for m in self.members if m.role == role]
@@ -95,6 +101,7 @@ class Coupling:
                     role = "in"  # a transposed conv reads channels, unmasked (a boundary)
                 else:
                     continue
+                group.boundary |= isinstance(module, CHANNEL_MIXERS)
                 maskable = name in layers and getattr(module, "groups", 1) == 1
                 group.members.append(Member(name, role, torch.tensor(item.idxs),
                                             torch.tensor(item.root_idxs), maskable,
@@ -109,6 +116,12 @@ class Coupling:
                           "mapped them outside the layers' sizes); they are evolved and kept "
                           "as if read by layers it cannot see", stacklevel=2)
         return cls(groups, layers, dg)
+
+    def boundary_writers(self) -> set[str]:
+        """Layers writing channels that a normalization or attention mixes: their filters
+        must live (removing one channel would change every other channel's output)."""
+        return {m.module for g in self.groups if g.boundary for m in g.by_role("out")
+                if m.maskable}
 
     def ties(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.tied]
@@ -201,8 +214,12 @@ class Coupling:
         modules = dict(model.named_modules())
         out: dict[str, torch.Tensor] = {}
         for name, mask in masks.items():
+            module = modules[name]
+            if isinstance(module, nn.MultiheadAttention):
+                out.update(_attention_masks(name, module, mask))
+                continue
             out[f"{name}.weight"] = mask
-            if getattr(modules[name], "bias", None) is not None:
+            if getattr(module, "bias", None) is not None:
                 out[f"{name}.bias"] = live_filters(mask)
         for group in self.groups:
             alive = self.channel_alive(group, masks)
@@ -235,6 +252,19 @@ def _in_range(m: Member, module: nn.Module) -> bool:
     else:
         size = weight.shape[0] if isinstance(module, TRANSPOSED) else weight.shape[1]
     return int(m.idxs.max()) < size
+
+
+def _attention_masks(name: str, module: nn.MultiheadAttention, mask: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+    """An attention's q/k/v synapses, the biases of its dead q/k/v rows, and the columns of
+    its output projection that read a dead v row (they can only ever see zeros)."""
+    e = module.embed_dim
+    out = {f"{name}.in_proj_weight": mask}
+    if module.in_proj_bias is not None:
+        out[f"{name}.in_proj_bias"] = live_filters(mask)
+    v_alive = live_filters(mask)[2 * e:]
+    out[f"{name}.out_proj.weight"] = v_alive.reshape(1, e).expand(e, e).clone()
+    return out
 
 
 def _direct_producer(dg, module: nn.Module, names: dict[nn.Module, str],

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .clusters import Layer, cluster_view, live_filters, matches, resolve_output_layer
+from .clusters import (
+    Layer,
+    cluster_view,
+    drop_clusters,
+    live_filters,
+    matches,
+    resolve_output_layer,
+)
 from .config import EncodingConfig, factor_at
 from .coupling import ChannelGroup
 
@@ -123,6 +130,8 @@ class Encoding:
         self.ties = list(ties)  # channels written by several layers (residual additions)
         self._order = {name: i for i, name in enumerate(layers)}
         self.readers, self.norms = readers_of(coupling, layers)
+        # writers of a normalized width (a transformer's residual stream): filters live
+        self.boundary = coupling.boundary_writers() if coupling is not None else set()
 
     def factors(self, name: str, generation: int, env: Environment | None = None
                 ) -> tuple[float, float]:
@@ -139,7 +148,7 @@ class Encoding:
         return factor_at(syn, generation), factor_at(clu, generation)
 
     def is_protected(self, name: str) -> bool:
-        return self.cfg.protect_output and name == self.output_layer
+        return (self.cfg.protect_output and name == self.output_layer) or name in self.boundary
 
     @property
     def per_layer(self) -> str:
@@ -149,8 +158,10 @@ class Encoding:
 
     @property
     def protected(self) -> set[str]:
-        """Layers whose filters (the network's outputs) never die."""
-        return {self.output_layer} if self.cfg.protect_output and self.output_layer else set()
+        """Layers whose filters never die: the network's outputs, and the writers of a
+        width that a normalization or attention mixes."""
+        out = {self.output_layer} if self.cfg.protect_output and self.output_layer else set()
+        return out | self.boundary
 
     @property
     def tie(self) -> bool:
@@ -193,8 +204,7 @@ class Encoding:
         out = {}
         for name, child in children.items():
             if name in drawn:
-                view = cluster_view(child, self.layers[name], self.cfg.granularity)
-                view[~drawn[name]] = False
+                drop_clusters(child, self.layers[name], self.cfg.granularity, ~drawn[name])
             if self.is_protected(name):
                 child = _keep_synapse(child, masks[name].cpu(), weights[name])
             elif name in tied:

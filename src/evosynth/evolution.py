@@ -215,6 +215,7 @@ class Evolution:
             "filters": stats["filters"],
             "dense_filters": stats["dense_filters"],
             "clusters": stats["clusters"],
+            **{k: stats[k] for k in ("heads", "dense_heads") if k in stats},
             "granularity": self.cfg.encoding.granularity,
             "synaptic_efficiency": anc["synapses"] / max(1, stats["synapses"]),
             "cluster_efficiency": anc["kernel_clusters"] / max(1, stats["kernel_clusters"]),

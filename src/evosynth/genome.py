@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .clusters import Layer, live_clusters, live_filters
+from .clusters import Layer, live_clusters, live_filters, weight_of
 from .errors import UserError
 from .io import read_safetensors, save_safetensors
 
@@ -22,14 +22,14 @@ class Genome:
     @classmethod
     def dense(cls, model: nn.Module, layers: dict[str, Layer]) -> Genome:
         modules = dict(model.named_modules())
-        return cls(layers, {n: torch.ones_like(modules[n].weight, dtype=torch.bool)
+        return cls(layers, {n: torch.ones_like(weight_of(modules[n]), dtype=torch.bool)
                             for n in layers})
 
     @classmethod
     def from_weights(cls, model: nn.Module, layers: dict[str, Layer]) -> Genome:
         """Masks from the zeros a (pre-pruned) model already has."""
         modules = dict(model.named_modules())
-        return cls(layers, {n: modules[n].weight.detach() != 0 for n in layers})
+        return cls(layers, {n: weight_of(modules[n]).detach() != 0 for n in layers})
 
     def synapses(self) -> int:
         return int(sum(int(m.sum()) for m in self.masks.values()))
@@ -41,7 +41,10 @@ class Genome:
             m = self.masks[name]
             kernels = live_clusters(m, layer, "kernel")
             filters = live_filters(m)
+            heads = ({"heads": int(live_clusters(m, layer, "filter").sum()),
+                      "dense_heads": layer.heads} if layer.kind == "attention" else {})
             per_layer[name] = {
+                **heads,
                 "synapses": int(m.sum()),
                 "dense_synapses": layer.synapses,
                 "kernel_clusters": int(kernels.sum()),
@@ -50,7 +53,8 @@ class Genome:
                 "dense_filters": int(filters.numel()),
                 "clusters": int(live_clusters(m, layer, granularity).sum()),
             }
-        total = {k: sum(v[k] for v in per_layer.values()) for k in next(iter(per_layer.values()))}
+        keys = dict.fromkeys(k for v in per_layer.values() for k in v)
+        total = {k: sum(v.get(k, 0) for v in per_layer.values()) for k in keys}
         return {**total, "layers": per_layer}
 
     def save(self, path: Path) -> None:
@@ -69,12 +73,14 @@ class Genome:
 def layer_weights(model: nn.Module, layers: dict[str, Layer] | set[str]
                   ) -> dict[str, torch.Tensor]:
     """The weights of ``layers`` by name: what an encoding reads a parent's strengths from."""
-    return {n: m.weight.detach() for n, m in model.named_modules() if n in layers}
+    return {n: weight_of(m).detach() for n, m in model.named_modules() if n in layers}
 
 
-def weight_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def weight_masks(masks: dict[str, torch.Tensor], layers: dict[str, Layer] | None = None
+                 ) -> dict[str, torch.Tensor]:
     """Parameter masks of the weights alone (``apply_param_masks`` takes them)."""
-    return {f"{name}.weight": mask for name, mask in masks.items()}
+    return {layers[name].weight_key if layers and name in layers else f"{name}.weight": mask
+            for name, mask in masks.items()}
 
 
 def apply_param_masks(model: nn.Module, param_masks: dict[str, torch.Tensor]) -> None:

@@ -40,18 +40,19 @@ def choose_parents(population: list[Parent], m: int, gen: torch.Generator) -> li
 
 
 def combine(parents: list[Parent], coupling: Coupling, template: torch.nn.Module,
-            strength_modules: set[str], rule: str
+            strength_keys: dict[str, str], rule: str
             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                        dict[str, torch.Tensor]]:
     """The parents' combined strengths (by module), masks (by layer) and the offspring's
-    inherited state dict. ``parents`` come fittest first."""
+    inherited state dict. ``parents`` come fittest first; ``strength_keys`` names each
+    strength module's weight in the state dict."""
     first = parents[0]
     if len(parents) == 1:
-        strengths = {n: first.state[f"{n}.weight"] for n in strength_modules}
+        strengths = {n: first.state[key] for n, key in strength_keys.items()}
         return strengths, first.masks, first.state
     masks = {n: torch.stack([p.masks[n] for p in parents]).any(0) for n in first.masks}
-    strengths = {n: torch.stack([p.state[f"{n}.weight"].abs() for p in parents]).mean(0)
-                 for n in strength_modules}
+    strengths = {n: torch.stack([p.state[key].abs() for p in parents]).mean(0)
+                 for n, key in strength_keys.items()}
     live = [_liveness(p, coupling, template) for p in parents]
     masked = set().union(*live)
     state = {}

@@ -12,6 +12,7 @@ from .alexnet import AlexNetCifar
 from .detectnet import detectnet, detectnet_small
 from .lenet import LeNet5, LeNet300
 from .resnet import resnet56
+from .vit import ViT
 
 Factory = Callable[..., nn.Module]
 
@@ -22,6 +23,7 @@ REGISTRY: dict[str, Factory] = {
     "alexnet-cifar": AlexNetCifar,
     "detectnet": detectnet,
     "detectnet-small": detectnet_small,
+    "vit": ViT,
 }
 
 
