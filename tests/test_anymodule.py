@@ -309,3 +309,36 @@ def test_flatten_and_concat_evolves_and_compacts_exactly(tmp_path):
     c = compact(res.best_model, x[:2], res.best_genome.masks)
     with torch.no_grad():
         assert torch.allclose(c.model(x[:50]), res.best_model.eval()(x[:50]), atol=1e-5)
+
+
+def test_hugging_face_bert_evolves_and_compacts_exactly(tmp_path):
+    """A tiny BertForSequenceClassification, built locally: its outputs' .logits are the
+    class scores; its residual stream (and so its attention projections, as wide as it)
+    keeps its width, its feed-forward neurons evolve and leave the compact network."""
+    transformers = pytest.importorskip("transformers", reason="pip install 'evosynth[hf]'")
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=48,
+                                  max_position_embeddings=16, num_labels=3,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg)
+    tokens = torch.randint(1, 50, (500, 12), generator=torch.Generator().manual_seed(0))
+    labels = tokens[:, 0] % 3
+    res = evosynth.evolve(
+        model, (tokens, labels), (tokens[:100], labels[:100]),
+        config={"evolution": {"generations": 2, "max_drop": None,
+                              "environment": {"pressure": 0.4}},
+                "ancestor_train": {"epochs": 6, "optimizer": "adamw", "lr": 0.003},
+                "train": {"epochs": 1, "optimizer": "adamw", "lr": 0.001}},
+        run_dir=tmp_path / "bert", log=lambda s: None)
+    assert res.run_dir.summary()["compaction"] == "exact"
+    first, last = res.history[0], res.history[-1]
+    assert first["val_accuracy"] > 0.9, "the ancestor did not learn"
+    ffn = "bert.encoder.layer.0.intermediate.dense"
+    assert last["layers"][ffn]["filters"] < 48
+    assert last["layers"]["bert.encoder.layer.0.attention.output.dense"]["filters"] == 32
+    c = compact(res.best_model, tokens[:2], res.best_genome.masks)
+    assert c.model.get_submodule(ffn).out_features == last["layers"][ffn]["filters"]
+    with torch.no_grad():
+        a = res.best_model.eval()(tokens[:40]).logits
+        assert torch.allclose(c.model.eval()(tokens[:40]).logits, a, atol=1e-5)

@@ -138,7 +138,22 @@ def compact(model: nn.Module, example_input: torch.Tensor,
             masks: dict[str, torch.Tensor] | None = None, exclude: tuple[str, ...] = ()
             ) -> Compacted:
     """A compact copy of ``model`` (masked by ``masks``, else by its zeros); ``model`` itself
-    is left alone. ``example_input`` is a batch on the model's device."""
+    is left alone. ``example_input`` is a batch on the model's device. Exact, or a
+    ``CompactionError`` saying why: a failure inside the graph surgery (an op Torch-Pruning
+    shrinks in a way the model's own code does not expect) is one too."""
+    try:
+        return _compact(model, example_input, masks, exclude)
+    except CompactionError:
+        raise
+    except Exception as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CompactionError(f"compaction and speed-ups are off for this model: removing "
+                              f"its dead channels failed ({type(exc).__name__}: {why})"
+                              ) from exc
+
+
+def _compact(model: nn.Module, example_input: torch.Tensor,
+             masks: dict[str, torch.Tensor] | None, exclude: tuple[str, ...]) -> Compacted:
     net = copy.deepcopy(model).eval()
     layers = prunable_layers(net, exclude)
     if masks is not None:  # the masks name the evolved layers (a run's `exclude` left out)
@@ -207,9 +222,10 @@ def verify(reference: nn.Module, small: nn.Module, inputs: list[torch.Tensor]) -
     inputs = [x.cpu().double() if x.is_floating_point() else x.cpu() for x in inputs]
     with torch.no_grad():
         for x in inputs:
-            a, b = reference(x), small(x)
+            a, b = output_tensor(reference(x)), output_tensor(small(x))
             if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-                continue
+                raise CompactionError("compaction cannot check this model's outputs (neither "
+                                      "a tensor, a tuple starting with one, nor .logits)")
             scale = 1 + float(a.abs().max()) if a.numel() else 1.0
             if a.shape == b.shape and float((a - b).abs().max()) <= EXACT_RTOL * scale:
                 continue
@@ -224,6 +240,12 @@ def verify(reference: nn.Module, small: nn.Module, inputs: list[torch.Tensor]) -
                    "preserve; " if mixers else "")
                 + "exclude the layers that feed them (encoding.exclude), or evolve "
                 "without compaction")
+
+
+def output_tensor(out):
+    """The tensor a model's output carries: itself, ``.logits`` (HF), or a tuple's first."""
+    out = getattr(out, "logits", out)
+    return out[0] if isinstance(out, (tuple, list)) and out else out
 
 
 def _first_difference(reference: nn.Module, small: nn.Module, x: torch.Tensor) -> str | None:

@@ -66,14 +66,23 @@ class Coupling:
     """Channel groups of a model, built once per architecture."""
 
     def __init__(self, groups: list[ChannelGroup], layers: dict[str, Layer], dg=None,
-                 error: str | None = None):
+                 error: str | None = None, normalized: set[str] = frozenset()):
         self.groups = groups
         self.layers = layers
         self.dg = dg  # the Torch-Pruning graph, bound to the model it was built on
         self.error = error  # why Torch-Pruning could not trace the model, if it could not
+        self.normalized = set(normalized)  # layers as wide as a normalization (see build)
+        for g in groups:
+            g.boundary |= any(m.module in self.normalized for m in g.by_role("out"))
 
     @classmethod
     def build(cls, model: nn.Module, example_input: torch.Tensor, layers: dict[str, Layer]):
+        """The channel groups of ``model``. Besides what Torch-Pruning's graph shows, a layer
+        as wide as one of the model's normalizations (LayerNorm, RMSNorm, GroupNorm) is
+        taken to write a normalized width: the graph of a transformer does not always reach
+        its norms (its residual stream passes through ops Torch-Pruning maps loosely), and
+        keeping a width whole is never wrong, removing from it always is."""
+        normalized = _normalized_widths(model, layers)
         names = {m: n for n, m in model.named_modules()}
         try:
             with torch.enable_grad():  # Torch-Pruning traces through autograd
@@ -83,7 +92,7 @@ class Coupling:
             why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             warnings.warn(f"no channel coupling ({why}); dead filters will not silence the "
                           "synapses that read them, and compaction is off", stacklevel=2)
-            return cls([], layers, error=why)
+            return cls([], layers, error=why, normalized=normalized)
         groups, skipped = [], []
         for g in raw:
             group = ChannelGroup(len(g[0].idxs), (g[0].dep.target.module, g[0].dep.handler))
@@ -115,13 +124,13 @@ class Coupling:
             warnings.warn(f"channels of {', '.join(skipped[:3])} are not coupled (Torch-Pruning "
                           "mapped them outside the layers' sizes); they are evolved and kept "
                           "as if read by layers it cannot see", stacklevel=2)
-        return cls(groups, layers, dg)
+        return cls(groups, layers, dg, normalized=normalized)
 
     def boundary_writers(self) -> set[str]:
         """Layers writing channels that a normalization or attention mixes: their filters
         must live (removing one channel would change every other channel's output)."""
-        return {m.module for g in self.groups if g.boundary for m in g.by_role("out")
-                if m.maskable}
+        return self.normalized | {m.module for g in self.groups if g.boundary
+                                  for m in g.by_role("out") if m.maskable}
 
     def ties(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.tied]
@@ -252,6 +261,17 @@ def _in_range(m: Member, module: nn.Module) -> bool:
     else:
         size = weight.shape[0] if isinstance(module, TRANSPOSED) else weight.shape[1]
     return int(m.idxs.max()) < size
+
+
+def _normalized_widths(model: nn.Module, layers: dict[str, Layer]) -> set[str]:
+    widths = set()
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm):
+            widths.add(m.num_channels)
+        elif isinstance(m, CHANNEL_MIXERS) and not isinstance(m, nn.MultiheadAttention):
+            widths.add(int(m.normalized_shape[-1]))
+    return {n for n, layer in layers.items()
+            if layer.kind != "attention" and layer.shape[0] in widths}
 
 
 def _attention_masks(name: str, module: nn.MultiheadAttention, mask: torch.Tensor
