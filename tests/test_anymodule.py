@@ -342,3 +342,46 @@ def test_hugging_face_bert_evolves_and_compacts_exactly(tmp_path):
     with torch.no_grad():
         a = res.best_model.eval()(tokens[:40]).logits
         assert torch.allclose(c.model.eval()(tokens[:40]).logits, a, atol=1e-5)
+
+
+class TwoInputs(nn.Module):
+    """Two tensors in, by position or by name (an image-like and a tabular branch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(32, 24)
+        self.b = nn.Linear(6, 8)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x, extra):
+        return self.head(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(extra))], 1))
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_model_of_two_inputs_takes_a_tuple_or_a_dict(tmp_path, named):
+    extra = torch.randn(600, 6, generator=torch.Generator().manual_seed(2))
+    inputs = {"x": X, "extra": extra} if named else (X, extra)
+    test = {"x": X[:200], "extra": extra[:200]} if named else (X[:200], extra[:200])
+    torch.manual_seed(0)
+    res = evosynth.evolve(TwoInputs(), (inputs, Y), (test, Y[:200]),
+                          config={**CONFIG, "ancestor_train": {"epochs": 12}},
+                          run_dir=tmp_path / "r", log=lambda s: None)
+    assert res.history[0]["val_accuracy"] > 0.6
+    assert res.history[-1]["synapses"] < res.history[0]["synapses"]
+    assert res.run_dir.summary()["compaction"] == "exact"
+    from evosynth.inputs import Inputs, call
+
+    example = Inputs(kwargs={"x": X[:2], "extra": extra[:2]}) if named \
+        else Inputs((X[:2], extra[:2]))
+    c = compact(res.best_model, example, res.best_genome.masks)
+    batch = (Inputs(kwargs={"x": X[:50], "extra": extra[:50]}) if named
+             else Inputs((X[:50], extra[:50])))
+    with torch.no_grad():
+        assert torch.allclose(call(c.model, batch), call(res.best_model.eval(), batch),
+                              atol=1e-5)
+
+
+def test_inputs_of_different_lengths_are_one_line(tmp_path):
+    with pytest.raises(evosynth.UserError, match="different numbers of examples"):
+        evosynth.evolve(TwoInputs(), ((X, torch.randn(10, 6)), Y), config=CONFIG,
+                        run_dir=tmp_path / "r", log=lambda s: None)

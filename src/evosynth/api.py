@@ -20,6 +20,7 @@ from .data import Splits, TensorData, load_dataset, split_validation
 from .errors import UserError
 from .evolution import Evolution, EvolutionResult
 from .genome import Genome
+from .inputs import Inputs
 from .io import read_safetensors
 from .models import build_model
 from .rundir import RunDir
@@ -29,32 +30,53 @@ from .tasks import Task
 DataLike = TensorData | tuple[torch.Tensor, torch.Tensor] | Dataset
 
 
+def _input_tensor(t: Any) -> torch.Tensor:
+    """Token ids (and other integers) stay as they are; everything else is float32."""
+    t = torch.as_tensor(t)
+    return t if not t.is_floating_point() and t.dtype != torch.bool else t.to(torch.float32)
+
+
+def _as_inputs(x: Any) -> torch.Tensor | Inputs | None:
+    """A tensor, a tuple/list of tensors (positional inputs) or a dict of tensors (named)."""
+    if isinstance(x, torch.Tensor):
+        return _input_tensor(x)
+    try:
+        if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
+            return Inputs(tuple(_input_tensor(t) for t in x))
+        if isinstance(x, dict) and x and all(isinstance(t, torch.Tensor) for t in x.values()):
+            return Inputs(kwargs={str(k): _input_tensor(t) for k, t in x.items()})
+    except ValueError as exc:
+        raise UserError(f"inputs: {exc}") from None
+    return None
+
+
 def as_tensor_data(data: DataLike, what: str) -> TensorData:
-    """Materialize (x, y) tensors or a map-style Dataset of (x, y) pairs in memory."""
+    """Materialize ``(inputs, targets)`` or a map-style Dataset of (x, y) pairs in memory.
+    ``inputs`` is a tensor, a tuple of tensors (the model takes them by position) or a dict
+    of tensors (by name), every tensor with the examples along its first axis."""
     if isinstance(data, TensorData):
         return data
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
-            isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-    else:
+    x = None
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor):
+        x, y = _as_inputs(data[0]), data[1]
+    if x is None:
         try:
             pairs = [data[i] for i in range(len(data))]
-        except (TypeError, IndexError) as exc:
-            raise UserError(f"{what}: expected (x, y) tensors or a Dataset of pairs") from exc
-        x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
-        y = torch.as_tensor([int(p[1]) for p in pairs])
+            x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+            y = torch.as_tensor([int(p[1]) for p in pairs])
+        except (TypeError, IndexError, KeyError, RuntimeError) as exc:
+            raise UserError(f"{what}: expected (inputs, targets) with inputs a tensor, a tuple "
+                            "or a dict of tensors, or a Dataset of (x, y) pairs") from exc
+        x = _input_tensor(x)
     y = torch.as_tensor(y)
     if y.is_floating_point() and y.dim() > 1:
         raise UserError(f"{what}: float labels of shape {tuple(y.shape)} look one-hot or soft; "
                         "pass class indices (y.argmax(-1))")
     if y.is_floating_point() and not bool((y == y.round()).all()):
         raise UserError(f"{what}: labels must be class indices, these have fractions")
-    x = torch.as_tensor(x)  # token ids stay integers; everything else is float32
-    x, y = (x if not x.is_floating_point() and x.dtype != torch.bool
-            else x.to(torch.float32)), y.to(torch.int64)
     if len(x) != len(y):
         raise UserError(f"{what}: {len(x)} inputs but {len(y)} labels")
-    return TensorData(x, y)
+    return TensorData(x, y.to(torch.int64))
 
 
 def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = None,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .api import _as_inputs
 from .breeding import Fitness, Job, Parent
 from .config import RunConfig, schedule_at, validate
 from .environment import factors as env_factors
@@ -66,8 +67,10 @@ never used for selection). ``config`` as for ``evolve``; its ``train`` and
                  run_dir: str | Path | None = None, force: bool = False,
                  log: Callable[[str], None] = print, _resume: bool = False):
         cfg = config if isinstance(config, RunConfig) else validate(dict(config or {}))
-        if not isinstance(example, torch.Tensor):
-            raise UserError("example: expected a tensor batch of the model's inputs")
+        example = _as_inputs(example)
+        if example is None:
+            raise UserError("example: expected a batch of the model's inputs (a tensor, or a "
+                            "tuple or dict of tensors)")
         rd = RunDir(run_dir if run_dir is not None else tempfile.mkdtemp(prefix="evosynth-"))
         self.evo = Evolution(cfg, copy.deepcopy(model), None, rd, log=log, progress="quiet",
                              example=example)

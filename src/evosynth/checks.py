@@ -12,24 +12,25 @@ from torch import nn
 
 from .data import Splits
 from .errors import UserError
+from .inputs import call, per_example_shape, tensors
 
 
 def check_data(model: nn.Module, data: Splits, task) -> None:
     """Seconds, not hours: refuse data the model cannot take before the ancestor trains."""
-    shape = tuple(data.train.x.shape[1:])
+    shape = per_example_shape(data.train.x)
     for name, split in (("validation", data.val), ("test", data.test)):
-        if split is not None and tuple(split.x.shape[1:]) != shape:
-            raise UserError(f"{name} inputs have shape {tuple(split.x.shape[1:])}, training "
+        if split is not None and per_example_shape(split.x) != shape:
+            raise UserError(f"{name} inputs have shape {per_example_shape(split.x)}, training "
                             f"inputs {shape}")
     for name, split in (("training", data.train), ("validation", data.val),
                         ("test", data.test)):
-        if split is not None and split.x.is_floating_point() and not bool(
-                torch.isfinite(split.x).all()):
+        if split is not None and any(t.is_floating_point() and not bool(
+                torch.isfinite(t).all()) for t in tensors(split.x)):
             raise UserError(f"the {name} inputs hold NaN or infinite values")
     x, y = data.train.inputs(slice(0, 2)), data.train.y[:2]
     probe = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
-        out = _probe(lambda: probe(x.cpu()))
+        out = _probe(lambda: call(probe, x.cpu()))
         check = getattr(task, "check_targets", None)
         if check is not None:
             for name, split in (("training", data.train), ("validation", data.val),

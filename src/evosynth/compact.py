@@ -21,6 +21,7 @@ from .clusters import prunable_layers
 from .coupling import CHANNEL_MIXERS, ChannelGroup, Coupling
 from .errors import UserError
 from .genome import Genome, apply_param_masks, weight_masks
+from .inputs import as_double, call, map_tensors, probe_like
 
 CONST_TOL = 1e-6
 EXACT_RTOL = 1e-6  # compact vs masked outputs in float64, relative to the output's scale
@@ -66,7 +67,7 @@ def _capture_inputs(model: nn.Module, names: set[str], example: torch.Tensor
         lambda mod, args, n=n: seen.__setitem__(n, args[0].detach())) for n in names]
     try:
         with torch.no_grad():
-            model(example)
+            call(model, example)
     finally:
         for h in hooks:
             h.remove()
@@ -174,7 +175,7 @@ def _compact(model: nn.Module, example_input: torch.Tensor,
             if t.is_floating_point():
                 t.copy_(torch.arange(t.numel(), dtype=torch.float64).reshape(t.shape))
     twin_coupling = Coupling.build(
-        twin, example_input.double() if example_input.is_floating_point() else example_input,
+        twin, map_tensors(example_input, lambda t: t.double() if t.is_floating_point() else t),
         layers)
 
     inputs = _capture_inputs(net, {m.module for g in coupling.groups for m in g.by_role("in")},
@@ -207,9 +208,7 @@ def _compact(model: nn.Module, example_input: torch.Tensor,
     out_masks = {n: masks[n].flatten()[index[layer.weight_key].to(masks[n].device)]
                  .reshape(index[layer.weight_key].shape) for n, layer in layers.items()}
     if removed:
-        probe = (torch.randn(example_input.shape, generator=torch.Generator().manual_seed(0))
-                 .to(example_input) if example_input.is_floating_point() else example_input)
-        verify(reference, net, [example_input, probe])
+        verify(reference, net, [example_input, probe_like(example_input)])
     return Compacted(net, out_masks, removed, folded, index)
 
 
@@ -219,10 +218,10 @@ def verify(reference: nn.Module, small: nn.Module, inputs: list[torch.Tensor]) -
     arithmetic, not of a device's rounding (TF32 on GPUs): both run in float64 on the CPU."""
     reference = copy.deepcopy(reference).cpu().double().eval()
     small = copy.deepcopy(small).cpu().double().eval()
-    inputs = [x.cpu().double() if x.is_floating_point() else x.cpu() for x in inputs]
+    inputs = [as_double(x) for x in inputs]
     with torch.no_grad():
         for x in inputs:
-            a, b = output_tensor(reference(x)), output_tensor(small(x))
+            a, b = output_tensor(call(reference, x)), output_tensor(call(small, x))
             if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
                 raise CompactionError("compaction cannot check this model's outputs (neither "
                                       "a tensor, a tuple starting with one, nor .logits)")
@@ -262,8 +261,8 @@ def _first_difference(reference: nn.Module, small: nn.Module, x: torch.Tensor) -
                             order.append(name)
                 hooks.append(m.register_forward_hook(hook))
     try:
-        reference(x)
-        small(x)
+        call(reference, x)
+        call(small, x)
     finally:
         for h in hooks:
             h.remove()

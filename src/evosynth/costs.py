@@ -14,6 +14,8 @@ from safetensors.torch import save
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .inputs import call, tensors
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -29,7 +31,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
         mha.set_fastpath_enabled(False)
     try:
         with FlopCounterMode(display=False) as counter:
-            model(example)
+            call(model, example)
     finally:
         if mha is not None:
             mha.set_fastpath_enabled(fused)
@@ -42,8 +44,9 @@ def size_bytes(model: nn.Module) -> int:
 
 
 def _sync(x) -> None:
-    if isinstance(x, torch.Tensor) and x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
+    t = tensors(x)[0] if isinstance(x, torch.Tensor) or hasattr(x, "tensors") else None
+    if t is not None and t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)
 
 
 @torch.no_grad()
@@ -53,12 +56,12 @@ def latency_ms(fn, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float
     if isinstance(fn, nn.Module):
         fn.eval()
     for _ in range(warmup):
-        fn(x)
+        call(fn, x)
     _sync(x)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(x)
+        call(fn, x)
         _sync(x)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
@@ -72,12 +75,12 @@ def interleaved_latency_ms(models: list[nn.Module], x: torch.Tensor, repeats: in
         for m in models:
             m.eval()
             for _ in range(warmup):
-                m(x)
+                call(m, x)
         times: list[list[float]] = [[] for _ in models]
         for _ in range(repeats):
             for i, m in enumerate(models):
                 t0 = time.perf_counter()
-                m(x)
+                call(m, x)
                 _sync(x)
                 times[i].append((time.perf_counter() - t0) * 1e3)
     return [statistics.median(t) for t in times]

@@ -30,6 +30,7 @@ from .environment import factors as env_factors
 from .environment import headroom, next_pressure, retries
 from .errors import UserError
 from .genome import Genome, apply_param_masks, layer_weights
+from .inputs import call
 from .io import fault_point, read_json, read_state, save_state, write_json
 from .mating import choose_parents
 from .progress import Mode, RunProgress
@@ -105,7 +106,7 @@ class Evolution:
             return self.breeder.compaction
         if self.data is not None:
             x, y = self.data.train.inputs(slice(0, 2)), self.data.train.y[:2]
-            self.task.loss(small.model.train()(x.cpu()), y.cpu()).backward()
+            self.task.loss(call(small.model.train(), x.cpu()), y.cpu()).backward()
         return "exact"
 
     @property

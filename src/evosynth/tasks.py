@@ -11,6 +11,7 @@ from torch import nn
 
 from .data import TensorData
 from .errors import UserError
+from .inputs import call
 
 
 class Task(Protocol):
@@ -22,14 +23,14 @@ class Task(Protocol):
                  ) -> tuple[float, dict[str, Any]]: ...
 
 
-def class_scores(output: Any, y: torch.Tensor) -> torch.Tensor:
+def class_scores(output: Any, y: torch.Tensor | None) -> torch.Tensor:
     """A model's class scores laid out as cross-entropy wants them, (N, C, ...): HF-style
     outputs give their ``.logits``; per-token scores (N, T, C) for targets (N, T) move
     their class axis to 1."""
     output = getattr(output, "logits", output)
     if isinstance(output, (tuple, list)):
         output = output[0]
-    if output.dim() > 2 and tuple(output.shape[:-1]) == tuple(y.shape):
+    if y is not None and output.dim() > 2 and tuple(output.shape[:-1]) == tuple(y.shape):
         output = output.movedim(-1, 1)
     return output
 
@@ -43,7 +44,7 @@ def accuracy(model: nn.Module, data: TensorData, device: torch.device,
     correct, total = 0, 0
     for i in range(0, len(data), batch_size):
         x, y = data.inputs(slice(i, i + batch_size)).to(device), data.y[i:i + batch_size]
-        correct += int((class_scores(model(x), y).argmax(dim=1).cpu() == y).sum())
+        correct += int((class_scores(call(model, x), y).argmax(dim=1).cpu() == y).sum())
         total += y.numel()
     return correct / max(1, total)
 

@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 from .checkpoint import load_training, save_training
 from .config import TrainConfig
 from .data import TensorData
+from .inputs import call
 from .io import fault_point
+from .tasks import class_scores
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -76,7 +78,7 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
             x, y = data.inputs(idx), data.y[idx]
             if data.augment is not None:
                 x, y = data.augment(x, y, generator)
-            out = model(x)
+            out = call(model, x)
             loss = loss_fn(out, y)
             if teacher is not None:
                 loss = (1 - cfg.distill) * loss + cfg.distill * soft_loss(out, teacher, x, cfg)
@@ -105,7 +107,8 @@ def soft_loss(out: torch.Tensor, teacher: nn.Module, x: torch.Tensor, cfg: Train
               ) -> torch.Tensor:
     """Distillation: KL(teacher || student) of the temperature-softened class outputs."""
     with torch.no_grad():
-        target = F.softmax(teacher(x) / cfg.temperature, dim=1)
+        target = F.softmax(class_scores(call(teacher, x), None) / cfg.temperature, dim=1)
     t2 = cfg.temperature ** 2
+    out = class_scores(out, None)
     return t2 * F.kl_div(F.log_softmax(out / cfg.temperature, dim=1), target,
                          reduction="batchmean")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..config import DataConfig
 from ..errors import UserError
+from ..inputs import Inputs, per_example_shape
 
 if TYPE_CHECKING:  # tasks read data; data only names the type
     from ..tasks import Task
@@ -28,7 +29,8 @@ Decode = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class TensorData:
-    x: torch.Tensor  # network inputs (float, normalized), or their stored form (decode)
+    x: torch.Tensor | Inputs  # network inputs (float, normalized; several: Inputs), or
+    # their stored form (decode)
     y: torch.Tensor  # int64 class indices, or a task's dense targets
     augment: Augment | None = None  # applied to each training batch, never in evaluation
     # stored form -> network input, applied per batch: images held as uint8 take a
@@ -38,7 +40,7 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.y)
 
-    def inputs(self, idx: slice | torch.Tensor) -> torch.Tensor:
+    def inputs(self, idx: slice | torch.Tensor) -> torch.Tensor | Inputs:
         """The network inputs of examples ``idx``, on the device the data is on."""
         x = self.x[idx]
         return x if self.decode is None else self.decode(x)
@@ -60,7 +62,7 @@ class Splits:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+        return per_example_shape(self.train.x)
 
 
 @dataclass
