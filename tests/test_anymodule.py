@@ -385,3 +385,47 @@ def test_inputs_of_different_lengths_are_one_line(tmp_path):
     with pytest.raises(evosynth.UserError, match="different numbers of examples"):
         evosynth.evolve(TwoInputs(), ((X, torch.randn(10, 6)), Y), config=CONFIG,
                         run_dir=tmp_path / "r", log=lambda s: None)
+
+
+class Counted(torch.utils.data.Dataset):
+    """Examples made on demand (as a dataset too big for memory would read them), counted."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.reads = x, y, 0
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.x[i], self.y[i]
+
+
+def test_a_data_loader_is_streamed_every_epoch_and_runs_repeat(tmp_path):
+    from torch.utils.data import DataLoader
+
+    def run(name):
+        train = Counted(X[200:], Y[200:])
+        loader = DataLoader(train, batch_size=64, shuffle=True,
+                            generator=torch.Generator().manual_seed(0))
+        val = DataLoader(Counted(X[:200], Y[:200]), batch_size=100)
+        torch.manual_seed(0)
+        res = evosynth.evolve(nn.Sequential(nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4)),
+                              loader, val_data=val,
+                              config={**CONFIG, "ancestor_train": {"epochs": 10}},
+                              run_dir=tmp_path / name, log=lambda s: None)
+        return res, train.reads
+
+    res, reads = run("a")
+    # 10 ancestor epochs and 2 offspring epochs, each a pass over the 400 examples
+    assert reads >= 400 * 12, reads
+    assert res.history[0]["val_accuracy"] > 0.5
+    assert res.history[-1]["synapses"] < res.history[0]["synapses"]
+    again, _ = run("b")
+    strip = [{k: v for k, v in r.items() if k not in ("wall_seconds", "latency_ms")}
+             for r in res.history]
+    assert strip == [{k: v for k, v in r.items() if k not in ("wall_seconds", "latency_ms")}
+                     for r in again.history]
+    with pytest.raises(evosynth.UserError, match="pass val_data too"):
+        evosynth.evolve(nn.Linear(32, 4), DataLoader(Counted(X, Y), batch_size=64),
+                        config=CONFIG, run_dir=tmp_path / "c", log=lambda s: None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,37 +17,18 @@ from torch.utils.data import Dataset
 from .clusters import prunable_layers
 from .config import ExecutionConfig, RunConfig, validate
 from .data import Splits, TensorData, load_dataset, split_validation
+from .data.stream import StreamData, is_stream
 from .errors import UserError
 from .evolution import Evolution, EvolutionResult
 from .genome import Genome
-from .inputs import Inputs
+from .inputs import as_inputs, input_tensor
 from .io import read_safetensors
 from .models import build_model
 from .rundir import RunDir
 from .seeding import derive_seed, generator, resolve_device
 from .tasks import Task
 
-DataLike = TensorData | tuple[torch.Tensor, torch.Tensor] | Dataset
-
-
-def _input_tensor(t: Any) -> torch.Tensor:
-    """Token ids (and other integers) stay as they are; everything else is float32."""
-    t = torch.as_tensor(t)
-    return t if not t.is_floating_point() and t.dtype != torch.bool else t.to(torch.float32)
-
-
-def _as_inputs(x: Any) -> torch.Tensor | Inputs | None:
-    """A tensor, a tuple/list of tensors (positional inputs) or a dict of tensors (named)."""
-    if isinstance(x, torch.Tensor):
-        return _input_tensor(x)
-    try:
-        if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
-            return Inputs(tuple(_input_tensor(t) for t in x))
-        if isinstance(x, dict) and x and all(isinstance(t, torch.Tensor) for t in x.values()):
-            return Inputs(kwargs={str(k): _input_tensor(t) for k, t in x.items()})
-    except ValueError as exc:
-        raise UserError(f"inputs: {exc}") from None
-    return None
+DataLike = TensorData | tuple[Any, torch.Tensor] | Dataset | Iterable[Any]
 
 
 def as_tensor_data(data: DataLike, what: str) -> TensorData:
@@ -58,7 +39,7 @@ def as_tensor_data(data: DataLike, what: str) -> TensorData:
         return data
     x = None
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor):
-        x, y = _as_inputs(data[0]), data[1]
+        x, y = as_inputs(data[0]), data[1]
     if x is None:
         try:
             pairs = [data[i] for i in range(len(data))]
@@ -67,7 +48,7 @@ def as_tensor_data(data: DataLike, what: str) -> TensorData:
         except (TypeError, IndexError, KeyError, RuntimeError) as exc:
             raise UserError(f"{what}: expected (inputs, targets) with inputs a tensor, a tuple "
                             "or a dict of tensors, or a Dataset of (x, y) pairs") from exc
-        x = _input_tensor(x)
+        x = input_tensor(x)
     y = torch.as_tensor(y)
     if y.is_floating_point() and y.dim() > 1:
         raise UserError(f"{what}: float labels of shape {tuple(y.shape)} look one-hot or soft; "
@@ -86,8 +67,12 @@ def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = 
            progress: bool = False) -> EvolutionResult:
     """Evolve ``model`` (the ancestor) and return the history and the best offspring.
 
-    ``train_data``/``test_data``: ``(x, y)`` tensors or a map-style Dataset. Validation is a
-    seeded ``config.evolution.val_fraction`` of ``train_data`` unless ``val_data`` is given.
+    ``train_data``/``test_data``/``val_data``: ``(inputs, targets)`` with inputs a tensor, a
+    tuple of tensors (the model takes them by position) or a dict (by name); a map-style
+    Dataset of (x, y) pairs (held in memory); or a ``DataLoader`` (any re-iterable of such
+    batches that is not indexable), streamed batch by batch every epoch, never held whole.
+    Validation is a seeded ``config.evolution.val_fraction`` of ``train_data`` unless
+    ``val_data`` is given (a stream needs it).
     ``trained=True`` takes ``model``'s weights as the trained ancestor (no ancestor training;
     its zeros become dead synapses). The model is not modified; the result holds copies.
     ``task`` is what the network is trained and judged on (default: classification by
@@ -101,7 +86,9 @@ def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = 
         raise UserError(f"model: expected an nn.Module, got {type(model).__name__}")
     cfg = config if isinstance(config, RunConfig) else validate(dict(config or {}))
 
-    def own(data: DataLike, what: str) -> TensorData:
+    def own(data: DataLike, what: str) -> TensorData | StreamData:
+        if is_stream(data):
+            return StreamData(data)
         if task is None:
             return as_tensor_data(data, what)
         if not isinstance(data, TensorData):
@@ -112,11 +99,14 @@ def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = 
     train = own(train_data, "train_data")
     test = own(test_data, "test_data") if test_data is not None else None
     if val_data is None:
+        if isinstance(train, StreamData):
+            raise UserError("train_data is streamed (a data loader): pass val_data too, a "
+                            "stream cannot be split")
         train, val = split_validation(train, cfg.evolution.val_fraction,
                                       generator(cfg.seed, "split"))
     else:
         val = own(val_data, "val_data")
-    if task is None:
+    if task is None:  # (a stream's: from its first batch; the model's outputs decide)
         num_classes = int(max(int(train.y.max()), int(val.y.max())) + 1)
     else:
         num_classes = len(getattr(task, "classes", ()))

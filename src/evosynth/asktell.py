@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import _as_inputs
 from .breeding import Fitness, Job, Parent
 from .config import RunConfig, schedule_at, validate
 from .environment import factors as env_factors
@@ -27,6 +26,7 @@ from .environment import retries
 from .errors import UserError
 from .evolution import Evolution, select
 from .genome import apply_param_masks
+from .inputs import as_inputs
 from .rundir import RunDir
 
 
@@ -67,7 +67,7 @@ never used for selection). ``config`` as for ``evolve``; its ``train`` and
                  run_dir: str | Path | None = None, force: bool = False,
                  log: Callable[[str], None] = print, _resume: bool = False):
         cfg = config if isinstance(config, RunConfig) else validate(dict(config or {}))
-        example = _as_inputs(example)
+        example = as_inputs(example)
         if example is None:
             raise UserError("example: expected a batch of the model's inputs (a tensor, or a "
                             "tuple or dict of tensors)")

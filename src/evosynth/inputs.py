@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
+
 
 class Inputs:
     """Several tensors that form one model input; ``args`` go by position, ``kwargs`` by
@@ -55,6 +57,37 @@ class Inputs:
 
 
 Batch = torch.Tensor | Inputs
+
+
+def input_tensor(t: Any) -> torch.Tensor:
+    """Token ids (and other integers) stay as they are; everything else is float32."""
+    t = torch.as_tensor(t)
+    return t if not t.is_floating_point() and t.dtype != torch.bool else t.to(torch.float32)
+
+
+def as_inputs(x: Any) -> Batch | None:
+    """A tensor, a tuple/list of tensors (positional inputs) or a dict of tensors (named);
+    None for anything else."""
+    if isinstance(x, torch.Tensor):
+        return input_tensor(x)
+    try:
+        if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
+            return Inputs(tuple(input_tensor(t) for t in x))
+        if isinstance(x, dict) and x and all(isinstance(t, torch.Tensor) for t in x.values()):
+            return Inputs(kwargs={str(k): input_tensor(t) for k, t in x.items()})
+    except ValueError as exc:
+        raise UserError(f"inputs: {exc}") from None
+    return None
+
+
+def as_batch(batch: Any) -> tuple[Batch, torch.Tensor]:
+    """A loader's batch ``(inputs, targets)`` with inputs as ``as_inputs`` takes them."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x = as_inputs(batch[0])
+        if x is not None:
+            return x, torch.as_tensor(batch[1])
+    raise UserError(f"a data loader's batch must be (inputs, targets), got "
+                    f"{type(batch).__name__}")
 
 
 def call(model: Callable[..., Any], x: Batch) -> Any:

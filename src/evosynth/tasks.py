@@ -42,9 +42,10 @@ def accuracy(model: nn.Module, data: TensorData, device: torch.device,
     per example, or per token for per-token targets."""
     model.to(device).eval()
     correct, total = 0, 0
-    for i in range(0, len(data), batch_size):
-        x, y = data.inputs(slice(i, i + batch_size)).to(device), data.y[i:i + batch_size]
-        correct += int((class_scores(call(model, x), y).argmax(dim=1).cpu() == y).sum())
+    for x, y in data.eval_batches(batch_size):
+        y = y.cpu()
+        correct += int((class_scores(call(model, x.to(device)), y).argmax(dim=1).cpu() == y)
+                       .sum())
         total += y.numel()
     return correct / max(1, total)
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_training, save_training
 from .config import TrainConfig
 from .data import TensorData
+from .data.stream import StreamData
 from .inputs import call
 from .io import fault_point
 from .tasks import class_scores
@@ -40,7 +41,7 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     return 1.0
 
 
-def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
+def train(model: nn.Module, data: TensorData | StreamData, cfg: TrainConfig,
           param_masks: dict[str, torch.Tensor], generator: torch.Generator,
           device: torch.device, desc: str = "train", progress: bool = True,
           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
@@ -60,7 +61,7 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
     masked = [params[n] for n in param_masks]
     masks = [m.to(device=device, dtype=params[n].dtype) for n, m in param_masks.items()]
     opt = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    steps_per_epoch = data.steps(cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total))
     data = data.to(device)
@@ -69,15 +70,11 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig,
         start, extra = load_training(checkpoint, model, opt, sched, generator)
         loss_sum = extra.get("loss", 0.0)
     for epoch in range(start, cfg.epochs):
-        perm = torch.randperm(len(data), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=not progress, unit="step")
-        for i in bar:
-            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x, y = data.inputs(idx), data.y[idx]
-            if data.augment is not None:
-                x, y = data.augment(x, y, generator)
+        batches = tqdm(data.batches(cfg.batch_size, generator), total=steps_per_epoch,
+                       desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=not progress, unit="step")
+        for x, y in batches:
             out = call(model, x)
             loss = loss_fn(out, y)
             if teacher is not None:

@@ -7,7 +7,8 @@ over index slices, with no loader machinery between the reader and the training 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,25 @@ class TensorData:
 
     def to(self, device: torch.device) -> TensorData:
         return dataclasses.replace(self, x=self.x.to(device), y=self.y.to(device))
+
+    def steps(self, batch_size: int) -> int:
+        """Training batches per epoch."""
+        return math.ceil(len(self) / batch_size)
+
+    def batches(self, batch_size: int, generator: torch.Generator
+                ) -> Iterator[tuple[torch.Tensor | Inputs, torch.Tensor]]:
+        """One epoch of training batches, shuffled by ``generator``, augmented."""
+        perm = torch.randperm(len(self), generator=generator).to(self.y.device)
+        for i in range(self.steps(batch_size)):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            x, y = self.inputs(idx), self.y[idx]
+            yield self.augment(x, y, generator) if self.augment is not None else (x, y)
+
+    def eval_batches(self, batch_size: int = 1000
+                     ) -> Iterator[tuple[torch.Tensor | Inputs, torch.Tensor]]:
+        """The examples in order, in batches."""
+        for i in range(0, len(self), batch_size):
+            yield self.inputs(slice(i, i + batch_size)), self.y[i:i + batch_size]
 
 
 @dataclass
