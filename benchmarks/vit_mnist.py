@@ -19,8 +19,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 import evosynth
 from evosynth.api import load_run
 from evosynth.compact import compact
