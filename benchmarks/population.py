@@ -82,8 +82,15 @@ def main() -> None:
                     help="a trained LeNet-5 (safetensors, seed 0 split) instead of training one")
     ap.add_argument("--only", nargs="*", default=list(VARIANTS))
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="only the local/Ray timing, on the runs a previous call left in --out")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.timing_only:
+        text = f"machine: {machine()}\ndate: {time.strftime('%Y-%m-%d')}\n\n" + ray_timing(out)
+        print(text)
+        (out / "timing.md").write_text(text + "\n")
+        return
     t_start = time.perf_counter()
     base = {"model": "lenet5", "dataset": "mnist", "data_dir": args.data_dir, "seed": 0,
             "train": {"epochs": 2}, "evolution": {"max_drop": args.max_drop}}
@@ -142,6 +149,12 @@ def time_breeding(source: Path, upto: int, out: Path) -> dict:
     t0 = time.perf_counter()
     list(LocalBackend(evo.breeder).breed(jobs, *args))
     local = time.perf_counter() - t0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # for reference: what each Ray worker has
+    t0 = time.perf_counter()
+    list(LocalBackend(evo.breeder).breed(jobs, *args))
+    local1 = time.perf_counter() - t0
+    torch.set_num_threads(threads)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     backend = RayBackend(evo.breeder, ExecutionConfig(backend="ray", cpus_per_offspring=1))
     times = []
@@ -152,7 +165,8 @@ def time_breeding(source: Path, upto: int, out: Path) -> dict:
     moved = {**backend.generation_bytes, "data": backend.run_bytes}
     ray.shutdown()
     synapses = sum(p.synapses for p in evo.population) // len(evo.population)
-    return {"generation": g, "synapses": synapses, "local": local, "ray cold": times[0],
+    return {"generation": g, "synapses": synapses, "local": local, "local 1": local1,
+            "ray cold": times[0],
             "ray warm": times[1], "moved": moved}
 
 
@@ -164,10 +178,12 @@ def ray_timing(out: Path) -> str:
     for r in rows:
         r["ratio"] = f"**{r['local'] / r['ray warm']:.2f}x**"
         r["ratio cold"] = f"{r['local'] / r['ray cold']:.2f}x"
+        r["ratio 1"] = f"{r['local 1'] / r['ray warm']:.2f}x"
     cols = [("generation", "generation", "{}"), ("mean parent synapses", "synapses", "{:,}"),
             ("local s", "local", "{:.1f}"), ("Ray s (warm)", "ray warm", "{:.1f}"),
             ("local / Ray", "ratio", "{}"), ("Ray s (cold)", "ray cold", "{:.1f}"),
-            ("local / Ray cold", "ratio cold", "{}")]
+            ("local / Ray cold", "ratio cold", "{}"),
+            ("local 1 thread s", "local 1", "{:.1f}"), ("local 1 thread / Ray", "ratio 1", "{}")]
     mb = {k: f"{v / 1e6:.2f} MB" for k, v in rows[-1]["moved"].items()}
     first = {k: f"{v / 1e6:.2f} MB" for k, v in rows[0]["moved"].items()}
     return (f"one population generation, 4 offspring of 2 parents each, bred here with "

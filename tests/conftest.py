@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +94,15 @@ def snapshot(folder: Path) -> dict[Path, bytes]:
     """Every file under ``folder`` with its bytes: what must not change."""
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file()}
+
+
+def cli_process(*args, kill_at: str | None = None, **kw) -> subprocess.CompletedProcess:
+    """The CLI in a fresh single-thread process (``kill_at``: EVOSYNTH_KILL_AT, the fault
+    point where it kills itself)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("EVOSYNTH_KILL_AT", None)
+    if kill_at:
+        env["EVOSYNTH_KILL_AT"] = kill_at
+    code = "import torch; torch.set_num_threads(1); from evosynth.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env,
+                          capture_output=True, text=True, check=False, **kw)

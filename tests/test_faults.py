@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from .conftest import cli_process
+
 CONFIG = """\
 model: lenet300
 dataset: digits
@@ -24,14 +26,7 @@ measure: {costs: false}
 TIMINGS = ("wall_seconds",)
 
 
-def evosynth(*args, kill_at: str | None = None, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("EVOSYNTH_KILL_AT", None)
-    if kill_at:
-        env["EVOSYNTH_KILL_AT"] = kill_at
-    code = "import torch; torch.set_num_threads(1); from evosynth.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env,
-                          capture_output=True, text=True, check=False, **kw)
+evosynth = cli_process
 
 
 def contents(run: Path) -> tuple[dict, list]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,8 @@ from evosynth.errors import UserError
 from evosynth.mating import choose_parents, combine
 from evosynth.rundir import RunDir
 from evosynth.seeding import generator
+
+from .conftest import cli_process
 
 CONFIG = """\
 model: lenet300
@@ -54,14 +54,7 @@ def same(a: tuple[dict, list], b: tuple[dict, list]) -> None:
 
 
 def cli(*args, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    """The CLI in a fresh single-thread process (as the Ray workers train)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("EVOSYNTH_KILL_AT", None)
-    if kill_at:
-        env["EVOSYNTH_KILL_AT"] = kill_at
-    code = "import torch; torch.set_num_threads(1); from evosynth.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env,
-                          capture_output=True, text=True, check=False, timeout=600)
+    return cli_process(*args, kill_at=kill_at, timeout=600)
 
 
 @pytest.fixture(scope="module")
