@@ -33,7 +33,7 @@ VARIANTS: dict[str, dict] = {
     "per-layer budget": {"encoding": {"normalization": "budget"}},
     "filter only": {"encoding": {"granularity": "filter"}},
     "distill parent": {"train": {"distill": 0.5}},
-    "2 offspring": {"evolution": {"offspring": 2}},
+    "2 offspring": {"evolution": {"population": 1, "parents": 1, "offspring": 2}},
     "3 epochs": {"train": {"epochs": 3}},
     "grow 2.0": {"evolution": {"environment": {"grow": 2.0}}},
     "headroom 0.25": {"evolution": {"environment": {"headroom": 0.25}}},
@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict] = {
     "filter+kernel": {"encoding": {"granularity": "filter+kernel"}},
     "thin width 32": {"evolution": {"environment": {"thin_width": 32}}},
     "thin width 64": {"evolution": {"environment": {"thin_width": 64}}},
+    "two parents": {"evolution": {"population": 2, "parents": 2, "offspring": 2}},
+    "one parent": {"evolution": {"population": 1, "parents": 1, "offspring": 1}},
 }
 COLUMNS = (("variant", "variant", "{}"), ("gen", "generation", "{}"),
            ("val %", "val_accuracy", "{:.2%}"), ("test %", "test_accuracy", "{:.2%}"),

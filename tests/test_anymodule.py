@@ -429,3 +429,37 @@ def test_a_data_loader_is_streamed_every_epoch_and_runs_repeat(tmp_path):
     with pytest.raises(evosynth.UserError, match="pass val_data too"):
         evosynth.evolve(nn.Linear(32, 4), DataLoader(Counted(X, Y), batch_size=64),
                         config=CONFIG, run_dir=tmp_path / "c", log=lambda s: None)
+
+
+def test_vit_with_dead_heads_and_neurons_compacts_exports_and_reloads(tmp_path):
+    """The registry's ViT: heads and feed-forward neurons killed by masks leave the compact
+    network, which equals the masked one, exports to ONNX (checked by onnxruntime) and
+    reloads from safetensors."""
+    from evosynth.clusters import prunable_layers
+    from evosynth.export import export_onnx, export_safetensors, load_safetensors
+    from evosynth.genome import Genome
+    from evosynth.models.vit import ViT
+
+    torch.manual_seed(0)
+    net = ViT(dim=16, depth=2, heads=4, mlp=24).eval()
+    layers = prunable_layers(net)
+    assert [layers[n].kind for n in layers].count("attention") == 2
+    masks = Genome.dense(net, layers).masks
+    masks["blocks.0.self_attn"].view(3, 4, 4, 16)[:, 1:3] = False  # heads 1 and 2
+    masks["blocks.1.linear1"][10:] = False
+    masks["blocks.1.linear2"][:, 10:] = False
+    x = torch.randn(8, 1, 28, 28)
+    c = compact(net, x[:2], masks)
+    assert c.removed == {"blocks.0.self_attn": 2, "blocks.1.linear1": 14}
+    small = c.model.eval()
+    with torch.no_grad():
+        from evosynth.genome import apply_param_masks, weight_masks
+
+        apply_param_masks(net, weight_masks(masks, layers))
+        assert torch.allclose(small(x), net(x), atol=1e-5)
+    export_safetensors(small, tmp_path / "v.safetensors", {})
+    back = load_safetensors(ViT(dim=16, depth=2, heads=4, mlp=24), tmp_path / "v.safetensors")
+    with torch.no_grad():
+        assert torch.equal(back(x), small(x))
+    pytest.importorskip("onnxruntime")
+    assert export_onnx(small, x, tmp_path / "v.onnx") < 1e-4

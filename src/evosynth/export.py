@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from .attention import HeadPrunedAttention
 from .errors import UserError
 from .io import atomic_write, save_safetensors, write_json
 
@@ -38,9 +39,14 @@ _TYPES = {cls.__name__: cls for cls in _SHAPE_ARGS}
 
 def architecture(model: nn.Module) -> dict[str, Any]:
     """Every shaped layer's type and constructor arguments, by module name."""
-    arch = {}
+    arch: dict[str, Any] = {}
     for name, m in model.named_modules():
-        if type(m) in _SHAPE_ARGS:
+        if any(name.startswith(f"{a}.") for a, v in arch.items()
+               if v["type"] == "HeadPrunedAttention"):
+            continue  # made by the attention itself
+        if isinstance(m, HeadPrunedAttention):  # the heads kept of the model's attention
+            arch[name] = {"type": "HeadPrunedAttention", "args": {"kept": m.kept}}
+        elif type(m) in _SHAPE_ARGS:
             kwargs = {k: getattr(m, k) for k in _SHAPE_ARGS[type(m)]}
             if hasattr(m, "bias") and not isinstance(m, nn.modules.batchnorm._BatchNorm):
                 kwargs["bias"] = m.bias is not None
@@ -96,6 +102,9 @@ def load_safetensors(base: nn.Module, path: str | Path) -> nn.Module:
     for name, layer in spec["architecture"].items():
         parent_name, _, attr = name.rpartition(".")
         parent = base.get_submodule(parent_name) if parent_name else base
-        setattr(parent, attr, _TYPES[layer["type"]](**layer["args"]))
+        if layer["type"] == "HeadPrunedAttention":
+            setattr(parent, attr, HeadPrunedAttention(getattr(parent, attr), **layer["args"]))
+        else:
+            setattr(parent, attr, _TYPES[layer["type"]](**layer["args"]))
     base.load_state_dict(load_file(str(path)))
     return base.eval()
