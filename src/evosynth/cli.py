@@ -24,8 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Evolutionary synthesis of small, fast deep neural networks.")
 
 Encoding = typer.Option(help="cluster (cluster-driven) or synaptic (Darwin baseline)")
-Backend = typer.Option(help="where offspring train: local, or ray (pip install "
-                            "'evosynth[ray]')")
+Backend = typer.Option(help="where offspring train: local, or ray (evosynth's ray extra)")
 RayAddress = typer.Option(help="Ray cluster to join (auto, ray://host:10001); default: a "
                                "local Ray for the run")
 
