@@ -463,3 +463,15 @@ def test_vit_with_dead_heads_and_neurons_compacts_exports_and_reloads(tmp_path):
         assert torch.equal(back(x), small(x))
     pytest.importorskip("onnxruntime")
     assert export_onnx(small, x, tmp_path / "v.onnx") < 1e-4
+
+
+def test_a_python_run_says_in_one_line_how_to_export_it(tmp_path, capsys):
+    from .conftest import run_cli
+
+    torch.manual_seed(0)
+    evolve(nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)), tmp_path, "py")
+    assert evosynth.RunDir(tmp_path / "py").config().model == "python:Sequential"
+    for args in (("export", tmp_path / "py"), ("resume", tmp_path / "py")):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and "made from Python" in err and "export_onnx(compact(" in err
+        assert len(err.strip().splitlines()) == 1

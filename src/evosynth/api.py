@@ -28,6 +28,7 @@ from .rundir import RunDir
 from .seeding import derive_seed, generator, resolve_device
 from .tasks import Task
 
+PYTHON = "python:"  # a run's recorded model, when it came from evosynth.evolve
 DataLike = TensorData | tuple[Any, torch.Tensor] | Dataset | Iterable[Any]
 
 
@@ -114,7 +115,10 @@ def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = 
     rd = RunDir(run_dir if run_dir is not None else tempfile.mkdtemp(prefix="evosynth-"))
     model = copy.deepcopy(model)
     evo = Evolution(cfg, model, splits, rd, log=log, progress=progress)  # checks the data
-    rd.create(cfg, force=force or run_dir is None)
+    # the run records that its model and data live in the caller's code, not the registry
+    rd.create(dataclasses.replace(cfg, model=f"{PYTHON}{type(model).__name__}",
+                                  dataset=PYTHON.rstrip(":")),
+              force=force or run_dir is None)
     evo.start(ancestor_state=model.state_dict() if trained else None)
     return evo.run_all()
 
@@ -122,6 +126,11 @@ def evolve(model: nn.Module, train_data: DataLike, test_data: DataLike | None = 
 def build(cfg: RunConfig) -> tuple[nn.Module, Splits]:
     """A config's model (seeded initialization) and data (seeded split), as a run builds
     them: what a benchmark or a user's own loop needs to share one run's setting."""
+    if cfg.model.startswith(PYTHON):
+        raise UserError(f"this run was made from Python ({cfg.model[len(PYTHON):]}, with "
+                        "evosynth.evolve): its model and data are in your code; resume and "
+                        "export it there (evosynth.export.export_onnx(compact(model, example, "
+                        "masks).model, example, path))")
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.evolution.val_fraction,
                         generator(cfg.seed, "split"), cfg.data)
     with torch.random.fork_rng(devices=[]):
@@ -182,12 +191,7 @@ def load_run(run_dir: str | Path, generation: int | None = None) -> LoadedRun:
     """A registry run's generation (default: its best, from summary.json)."""
     rd = RunDir(run_dir)
     cfg = rd.config()
-    try:
-        model, data = build(cfg)
-    except UserError as exc:
-        raise UserError(f"{rd.path} was made from Python with a model or data evosynth cannot "
-                        f"rebuild ({exc}); export from Python: export_onnx(compact(model, "
-                        "example, masks).model, example, path)") from None
+    model, data = build(cfg)
     done = rd.complete_generations()
     if generation is None:
         generation = rd.best_generation()

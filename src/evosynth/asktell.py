@@ -9,6 +9,7 @@ floor, the population and the run directory, exactly as ``evolve`` does.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .api import PYTHON
 from .breeding import Fitness, Job, Parent
 from .config import RunConfig, schedule_at, validate
 from .environment import factors as env_factors
@@ -79,7 +81,9 @@ never used for selection). ``config`` as for ``evolve``; its ``train`` and
             if not self.evo.restore():
                 raise UserError(f"{rd.path}: no generation is complete; start a new run")
         else:
-            rd.create(cfg, force=force or run_dir is None)
+            rd.create(dataclasses.replace(cfg, model=f"{PYTHON}{type(model).__name__}",
+                                          dataset=PYTHON.rstrip(":")),
+                      force=force or run_dir is None)
             self.evo.start(ancestor_state=model.state_dict(), fitness=Fitness(float(fitness)),
                            test=Fitness(float(test)) if test is not None else None)
         self._asked: dict[int, Candidate] = {}
