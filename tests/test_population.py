@@ -105,6 +105,14 @@ def test_population_run_records_parents_and_a_consistent_genealogy(reference, tm
     assert (summary["population"], summary["parents"], summary["individuals"]) == (2, 2, 7)
     shown = cli("show", run)
     assert "population 2, 2 parent(s) per offspring, 7 individuals" in shown.stdout
+    from .test_report import parse
+
+    assert cli("report", run, "--out", tmp_path / "r.html").returncode == 0
+    rows = {r[1]: r for r in parse(tmp_path / "r.html").rows["genealogy"][1:]}
+    for rec in history[1:]:
+        for o in rec["offspring"]:
+            assert rows[o["id"]][2] == " + ".join(o["parents"])
+            assert (rows[o["id"]][-1] in ("best", "parent")) == (o["id"] in rec["population"])
 
 
 @pytest.mark.parametrize("point", ["offspring-saved:1", "epoch:7"])
