@@ -311,13 +311,15 @@ def test_flatten_and_concat_evolves_and_compacts_exactly(tmp_path):
         assert torch.allclose(c.model(x[:50]), res.best_model.eval()(x[:50]), atol=1e-5)
 
 
-def test_hugging_face_bert_evolves_and_compacts_exactly(tmp_path):
+def test_hugging_face_bert_evolves_by_heads_and_neurons_and_compacts_exactly(tmp_path):
     """A tiny BertForSequenceClassification, built locally: its outputs' .logits are the
-    class scores; its residual stream (and so its attention projections, as wide as it)
-    keeps its width, its feed-forward neurons evolve and leave the compact network."""
+    class scores; its q/k/v attention evolves by whole heads (q, k, v rows and the output
+    projection's columns together) and dead heads leave the compact network
+    (num_attention_heads shrinks); feed-forward neurons evolve too; the residual stream
+    keeps its width."""
     transformers = pytest.importorskip("transformers", reason="pip install 'evosynth[hf]'")
     cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=48,
+                                  num_attention_heads=4, intermediate_size=48,
                                   max_position_embeddings=16, num_labels=3,
                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
@@ -326,7 +328,7 @@ def test_hugging_face_bert_evolves_and_compacts_exactly(tmp_path):
     labels = tokens[:, 0] % 3
     res = evosynth.evolve(
         model, (tokens, labels), (tokens[:100], labels[:100]),
-        config={"evolution": {"generations": 2, "max_drop": None,
+        config={"evolution": {"generations": 3, "max_drop": None,
                               "environment": {"pressure": 0.4}},
                 "ancestor_train": {"epochs": 6, "optimizer": "adamw", "lr": 0.003},
                 "train": {"epochs": 1, "optimizer": "adamw", "lr": 0.001}},
@@ -334,10 +336,20 @@ def test_hugging_face_bert_evolves_and_compacts_exactly(tmp_path):
     assert res.run_dir.summary()["compaction"] == "exact"
     first, last = res.history[0], res.history[-1]
     assert first["val_accuracy"] > 0.9, "the ancestor did not learn"
+    assert first["heads"] == 8 and last["heads"] < 8
+    masks = res.best_genome.masks
+    att = "bert.encoder.layer.0.attention"
+    per_head = [masks[f"{att}.self.{p}"].reshape(4, -1).any(1) for p in ("query", "key", "value")]
+    assert torch.equal(per_head[0], per_head[1]) and torch.equal(per_head[1], per_head[2])
+    dead_cols = ~per_head[2].repeat_interleave(8)
+    assert not masks[f"{att}.output.dense"][:, dead_cols].any()
     ffn = "bert.encoder.layer.0.intermediate.dense"
     assert last["layers"][ffn]["filters"] < 48
-    assert last["layers"]["bert.encoder.layer.0.attention.output.dense"]["filters"] == 32
-    c = compact(res.best_model, tokens[:2], res.best_genome.masks)
+    assert last["layers"][f"{att}.output.dense"]["filters"] == 32  # the stream is whole
+    c = compact(res.best_model, tokens[:2], masks)
+    small = c.model.get_submodule(f"{att}.self")
+    assert small.num_attention_heads == int(per_head[2].sum()) < 4
+    assert small.query.out_features == 8 * small.num_attention_heads
     assert c.model.get_submodule(ffn).out_features == last["layers"][ffn]["filters"]
     with torch.no_grad():
         a = res.best_model.eval()(tokens[:40]).logits

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import heads
 from .attention import dead_heads, shrink_heads
 from .clusters import prunable_layers
 from .coupling import CHANNEL_MIXERS, ChannelGroup, Coupling
 from .errors import UserError
 from .genome import Genome, apply_param_masks, weight_masks
+from .heads import live_heads
 from .inputs import as_double, call, map_tensors, probe_like
 
 CONST_TOL = 1e-6
@@ -203,6 +205,12 @@ def _compact(model: nn.Module, example_input: torch.Tensor,
         if bool(dead.any()):
             folded += shrink_heads(net, twin, name, dead)
             removed[name] = int(dead.sum())
+    for group in coupling.head_groups:  # q/k/v attentions: heads whose v rows all died
+        dead = ~live_heads(group, masks)
+        dead[0] &= not bool(dead.all())
+        if bool(dead.any()):
+            folded += heads.shrink(net, twin, group, dead)
+            removed[group.module] = int(dead.sum())
     index = {n: t.round().long() for n, t in twin.state_dict().items()
              if t.is_floating_point()}
     out_masks = {n: masks[n].flatten()[index[layer.weight_key].to(masks[n].device)]

@@ -16,6 +16,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .clusters import PRUNABLE_TYPES, Layer, live_filters
+from .heads import HeadGroup, head_groups
 from .inputs import Inputs, call, tp_inputs
 
 # layers whose output depends on all channels together: removing one changes the others,
@@ -67,14 +68,20 @@ class Coupling:
     """Channel groups of a model, built once per architecture."""
 
     def __init__(self, groups: list[ChannelGroup], layers: dict[str, Layer], dg=None,
-                 error: str | None = None, normalized: set[str] = frozenset()):
+                 error: str | None = None, normalized: set[str] = frozenset(),
+                 head_groups: list[HeadGroup] = ()):
         self.groups = groups
         self.layers = layers
         self.dg = dg  # the Torch-Pruning graph, bound to the model it was built on
         self.error = error  # why Torch-Pruning could not trace the model, if it could not
-        self.normalized = set(normalized)  # layers as wide as a normalization (see build)
+        # q/k/v attentions (heads.py): their heads leave by their own surgery, not the graph's
+        self.head_groups = list(head_groups)
+        projections = {n for h in self.head_groups for n in h.projections}
+        self.normalized = set(normalized) - projections  # layers as wide as a normalization
         for g in groups:
-            g.boundary |= any(m.module in self.normalized for m in g.by_role("out"))
+            g.boundary |= any(m.module in self.normalized | projections
+                              for m in g.by_role("out"))
+        self._projections = projections
 
     @classmethod
     def build(cls, model: nn.Module, example_input: torch.Tensor, layers: dict[str, Layer]):
@@ -84,6 +91,7 @@ class Coupling:
         its norms (its residual stream passes through ops Torch-Pruning maps loosely), and
         keeping a width whole is never wrong, removing from it always is."""
         normalized = _normalized_widths(model, layers)
+        heads = head_groups(model, layers)
         names = {m: n for n, m in model.named_modules()}
         try:
             with torch.enable_grad():  # Torch-Pruning traces through autograd
@@ -96,7 +104,7 @@ class Coupling:
             why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             warnings.warn(f"no channel coupling ({why}); dead filters will not silence the "
                           "synapses that read them, and compaction is off", stacklevel=2)
-            return cls([], layers, error=why, normalized=normalized)
+            return cls([], layers, error=why, normalized=normalized, head_groups=heads)
         groups, skipped = [], []
         for g in raw:
             group = ChannelGroup(len(g[0].idxs), (g[0].dep.target.module, g[0].dep.handler))
@@ -128,13 +136,14 @@ class Coupling:
             warnings.warn(f"channels of {', '.join(skipped[:3])} are not coupled (Torch-Pruning "
                           "mapped them outside the layers' sizes); they are evolved and kept "
                           "as if read by layers it cannot see", stacklevel=2)
-        return cls(groups, layers, dg, normalized=normalized)
+        return cls(groups, layers, dg, normalized=normalized, head_groups=heads)
 
     def boundary_writers(self) -> set[str]:
         """Layers writing channels that a normalization or attention mixes: their filters
         must live (removing one channel would change every other channel's output)."""
         return self.normalized | {m.module for g in self.groups if g.boundary
-                                  for m in g.by_role("out") if m.maskable}
+                                  for m in g.by_role("out")
+                                  if m.maskable and m.module not in self._projections}
 
     def ties(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.tied]

@@ -22,6 +22,7 @@ from .clusters import (
 )
 from .config import EncodingConfig, factor_at
 from .coupling import ChannelGroup
+from .heads import HeadGroup, live_heads
 
 _BISECT_STEPS = 100
 
@@ -132,6 +133,7 @@ class Encoding:
         self.readers, self.norms = readers_of(coupling, layers)
         # writers of a normalized width (a transformer's residual stream): filters live
         self.boundary = coupling.boundary_writers() if coupling is not None else set()
+        self.head_groups = coupling.head_groups if coupling is not None else []
 
     def factors(self, name: str, generation: int, env: Environment | None = None
                 ) -> tuple[float, float]:
@@ -201,6 +203,7 @@ class Encoding:
                 self.draw_kernels(name, weights[name], parent, drawn[name], children,
                                   generation, generator, env)
         tied = self.draw_tied(weights, masks, generation, generator, drawn, env)
+        heads = self.draw_heads(weights, masks, generation, generator, env)
         out = {}
         for name, child in children.items():
             if name in drawn:
@@ -209,8 +212,13 @@ class Encoding:
                 child = _keep_synapse(child, masks[name].cpu(), weights[name])
             elif name in tied:
                 child = _keep_synapse(child, masks[name].cpu(), weights[name], tied[name])
-            out[name] = child.to(masks[name].device)
-        return out
+            out[name] = child
+        for group, alive in heads:  # a head dies whole: q, k, v rows, output columns
+            rows = group.rows(alive)
+            for name in group.projections:
+                out[name][~rows] = False
+            out[group.out][:, ~rows] = False
+        return {name: child.to(masks[name].device) for name, child in out.items()}
 
     def draw_kernels(self, name, weight, parent, alive, children, generation, generator, env
                      ) -> None:
@@ -221,6 +229,18 @@ class Encoding:
         """Overwrite ``drawn`` for filters tied across layers; return, per layer, the
         filters that must keep a synapse. The synaptic encoding draws no clusters."""
         return {}
+
+    def draw_heads(self, weights, masks, generation, generator, env=None
+                   ) -> list[tuple[HeadGroup, torch.Tensor]]:
+        """Per q/k/v attention, which heads live (the cluster encoding draws them)."""
+        return []
+
+    @property
+    def head_layers(self) -> set[str]:
+        """The q/k/v projections whose rows are drawn as heads, not one by one."""
+        if self.cfg.granularity == "kernel":
+            return set()
+        return {n for g in self.head_groups for n in g.projections}
 
 
 class SynapticEncoding(Encoding):
@@ -269,7 +289,7 @@ class ClusterEncoding(Encoding):
         each layer's strengths divided by their live mean so layers compare)."""
         out, pool = {}, {}
         for name, layer in self.layers.items():
-            if self.is_protected(name):
+            if self.is_protected(name) or name in self.head_layers:
                 continue
             live = cluster_view(masks[name].cpu(), layer, self.cfg.granularity).any(dim=1)
             s = self.strengths(name, weights, masks)
@@ -346,6 +366,28 @@ class ClusterEncoding(Encoding):
                 rows[m.idxs] |= alive[m.root]
         return keep
 
+
+    def draw_heads(self, weights, masks, generation, generator, env=None):
+        """At filter granularity a head of a q/k/v attention is one cluster: its strength
+        the summed |w| of its q, k and v rows, drawn with q's cluster factor under the
+        per-layer normalization; an attention keeps at least one head."""
+        out = []
+        if self.cfg.granularity == "kernel":
+            return out
+        for group in self.head_groups:
+            strength = torch.zeros(group.heads, dtype=torch.float64)
+            for name in group.projections:
+                w = (weights[name].detach().abs().cpu() * masks[name].cpu()).to(torch.float64)
+                strength += w.reshape(group.heads, -1).sum(1)
+            live = live_heads(group, masks)
+            p = torch.zeros(group.heads, dtype=torch.float64)
+            p[live] = survival_probability(strength[live],
+                                           self.factors(group.q, generation, env)[1],
+                                           self.per_layer)
+            alive = _keep_one(torch.rand(group.heads, generator=generator,
+                                         dtype=torch.float64) < p, p)
+            out.append((group, alive & live))
+        return out
 
 def _mean_normalized(s: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
     """``s`` divided by its mean over ``live`` (zero where dead): comparable across layers."""

@@ -30,6 +30,7 @@ from .environment import factors as env_factors
 from .environment import headroom, next_pressure, retries
 from .errors import UserError
 from .genome import Genome, apply_param_masks, layer_weights
+from .heads import live_heads
 from .inputs import call
 from .io import fault_point, read_json, read_state, save_state, write_json
 from .mating import choose_parents
@@ -175,6 +176,14 @@ class Evolution:
                 "latency_ms": latency_ms(small, x, mc.latency_repeats),
                 "latency_batch": len(x)}
 
+    def _heads(self, stats: dict[str, Any], genome: Genome) -> dict[str, int]:
+        """Attention heads alive: MultiheadAttention's and q/k/v attentions' (heads.py)."""
+        out = {k: stats[k] for k in ("heads", "dense_heads") if k in stats}
+        for group in self.coupling.head_groups:
+            out["heads"] = out.get("heads", 0) + int(live_heads(group, genome.masks).sum())
+            out["dense_heads"] = out.get("dense_heads", 0) + group.heads
+        return out
+
     def _tied(self, genome: Genome) -> dict[str, int]:
         """Channels of the residual streams (written by several layers) still alive."""
         if not self.coupling.ties():
@@ -216,7 +225,7 @@ class Evolution:
             "filters": stats["filters"],
             "dense_filters": stats["dense_filters"],
             "clusters": stats["clusters"],
-            **{k: stats[k] for k in ("heads", "dense_heads") if k in stats},
+            **self._heads(stats, genome),
             "granularity": self.cfg.encoding.granularity,
             "synaptic_efficiency": anc["synapses"] / max(1, stats["synapses"]),
             "cluster_efficiency": anc["kernel_clusters"] / max(1, stats["kernel_clusters"]),
