@@ -79,7 +79,9 @@ def test_ctrl_c_says_how_to_continue(reference, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "evosynth.cli", "evolve", "--config", str(cfg),
                           "--out", str(out), "--no-progress"], env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         # a shell's background job ignores SIGINT, and so would Python
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not (out / "checkpoints").is_dir() and time.monotonic() < deadline:
         time.sleep(0.05)
