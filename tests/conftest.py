@@ -106,3 +106,12 @@ def cli_process(*args, kill_at: str | None = None, **kw) -> subprocess.Completed
     code = "import torch; torch.set_num_threads(1); from evosynth.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env,
                           capture_output=True, text=True, check=False, **kw)
+
+
+def uninterrupted_run(folder: Path, config: str) -> tuple[Path, Path]:
+    """The reference run of a kill test: its config file and its run directory."""
+    cfg = folder / "c.yaml"
+    cfg.write_text(config)
+    r = cli_process("evolve", "--config", cfg, "--out", folder / "whole", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return cfg, folder / "whole"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from .conftest import cli_process
+from .conftest import cli_process, uninterrupted_run
 
 CONFIG = """\
 model: lenet300
@@ -42,12 +42,8 @@ def contents(run: Path) -> tuple[dict, list]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[Path, tuple[dict, list]]:
-    folder = tmp_path_factory.mktemp("faults")
-    cfg = folder / "c.yaml"
-    cfg.write_text(CONFIG)
-    r = evosynth("evolve", "--config", cfg, "--out", folder / "whole", "--no-progress")
-    assert r.returncode == 0, r.stderr
-    return cfg, contents(folder / "whole")
+    cfg, run = uninterrupted_run(tmp_path_factory.mktemp("faults"), CONFIG)
+    return cfg, contents(run)
 
 
 # ancestor: epochs 1-2; generation 1: offspring 0 epochs 3-4, offspring 1 epochs 5-6;

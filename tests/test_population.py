@@ -21,7 +21,7 @@ from evosynth.mating import choose_parents, combine
 from evosynth.rundir import RunDir
 from evosynth.seeding import generator
 
-from .conftest import cli_process
+from .conftest import cli_process, uninterrupted_run
 
 CONFIG = """\
 model: lenet300
@@ -59,12 +59,8 @@ def cli(*args, kill_at: str | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[Path, tuple[dict, list]]:
-    folder = tmp_path_factory.mktemp("population")
-    cfg = folder / "c.yaml"
-    cfg.write_text(CONFIG)
-    r = cli("evolve", "--config", cfg, "--out", folder / "whole", "--no-progress")
-    assert r.returncode == 0, r.stderr
-    return cfg, contents(folder / "whole")
+    cfg, run = uninterrupted_run(tmp_path_factory.mktemp("population"), CONFIG)
+    return cfg, contents(run)
 
 
 def test_population_run_records_parents_and_a_consistent_genealogy(reference, tmp_path):
