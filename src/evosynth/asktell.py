@@ -60,11 +60,12 @@ class Synthesis:
     ``model`` is the trained ancestor (its zeros are dead synapses), ``example`` a batch of
     its inputs (for the channel coupling and compaction), ``fitness`` its validation score
     (higher is better, e.g. accuracy), ``test`` its test score if you have one (reported,
-never used for selection). ``config`` as for ``evolve``; its ``train`` and
-    ``ancestor_train`` sections are yours to honour, the rest applies.
+    never used for selection). ``config`` as for ``evolve``; its ``train`` and
+    ``ancestor_train`` sections are yours to honour, the rest applies. ``example`` may be a
+    tuple or dict of tensors for a model of several inputs.
     """
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, fitness: float,
+    def __init__(self, model: nn.Module, example: Any, fitness: float,
                  config: RunConfig | dict[str, Any] | None = None, test: float | None = None,
                  run_dir: str | Path | None = None, force: bool = False,
                  log: Callable[[str], None] = print, _resume: bool = False):
@@ -93,7 +94,7 @@ never used for selection). ``config`` as for ``evolve``; its ``train`` and
         self._attempt, self._t0 = len(self._rejected), 0.0
 
     @classmethod
-    def resume(cls, model: nn.Module, example: torch.Tensor, run_dir: str | Path,
+    def resume(cls, model: nn.Module, example: Any, run_dir: str | Path,
                log: Callable[[str], None] = print) -> Synthesis:
         """Continue an ask/tell run: the candidates told in the generation in progress are
         kept (their test scores, if told, are not), the others are asked again, the same."""

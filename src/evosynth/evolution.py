@@ -31,7 +31,7 @@ from .environment import headroom, next_pressure, retries
 from .errors import UserError
 from .genome import Genome, apply_param_masks, layer_weights
 from .heads import live_heads
-from .inputs import call
+from .inputs import Inputs, call
 from .io import fault_point, read_json, read_state, save_state, write_json
 from .mating import choose_parents
 from .progress import Mode, RunProgress
@@ -60,7 +60,7 @@ class Evolution:
 
     def __init__(self, cfg: RunConfig, model: nn.Module, data: Splits | None, run_dir: RunDir,
                  log: Callable[[str], None] = print, progress: bool | Mode = True,
-                 example: torch.Tensor | None = None):
+                 example: torch.Tensor | Inputs | None = None):
         self.cfg, self.model, self.data, self.run = cfg, model, data, run_dir
         self.log = log
         self.mode: Mode = ("bar" if progress else "plain") if isinstance(progress, bool) \
