@@ -24,6 +24,18 @@ def evolve(model, tmp_path, name, **kw):
                            run_dir=tmp_path / name, log=lambda s: None, **kw)
 
 
+def compact_exactly(res, example, batch):
+    """The run's best network compacted, checked against the masked one on ``batch``."""
+    from evosynth.compact import output_tensor
+    from evosynth.inputs import call
+
+    c = compact(res.best_model, example, res.best_genome.masks)
+    with torch.no_grad():
+        want = output_tensor(call(res.best_model.eval(), batch))
+        assert torch.allclose(output_tensor(call(c.model.eval(), batch)), want, atol=1e-5)
+    return c
+
+
 def test_layernorm_width_is_a_boundary_and_compaction_stays_exact(tmp_path):
     """A LayerNorm mixes its channels: the layer writing them keeps every filter (it still
     loses synapses), nothing is removed across the normalization, and the compact network
@@ -36,9 +48,7 @@ def test_layernorm_width_is_a_boundary_and_compaction_stays_exact(tmp_path):
     assert last["layers"]["0"]["filters"] == 64  # the normalized width is whole
     assert last["layers"]["0"]["synapses"] < 64 * 32  # but its synapses evolved
     assert last["synapses"] < res.history[0]["synapses"]
-    c = compact(res.best_model, X[:2], res.best_genome.masks)
-    with torch.no_grad():
-        assert torch.allclose(c.model(X[:50]), res.best_model.eval()(X[:50]), atol=1e-5)
+    compact_exactly(res, X[:2], X[:50])
 
 
 class Encoder(nn.Module):
@@ -90,14 +100,11 @@ def test_attention_evolves_by_whole_heads_and_compacts_exactly(tmp_path, make):
     parts = res.best_genome.masks[name].reshape(3, 4, 8, 32).any(-1).any(-1)  # (q|k|v, head)
     assert torch.equal(parts.all(0), parts.any(0)), "a head lives or dies whole"
     per_head = parts.all(0)
-    c = compact(res.best_model, SEQ[:2], res.best_genome.masks)
+    c = compact_exactly(res, SEQ[:2], SEQ[:50])
     attn = c.model.get_submodule(name)
     assert attn.num_heads == int(per_head.sum()) < 4
     assert attn.out_proj.in_features == 8 * attn.num_heads
     assert last["compact_params"] < first["compact_params"]
-    with torch.no_grad():
-        ref = res.best_model.eval()(SEQ[:50])
-        assert torch.allclose(c.model.eval()(SEQ[:50]), ref, atol=1e-5)
 
 
 def test_head_pruned_attention_equals_the_masked_attention_under_every_mask():
@@ -148,10 +155,8 @@ def test_batchnorm_mlp_compacts_exactly(tmp_path):
     model = nn.Sequential(nn.Linear(32, 64), nn.BatchNorm1d(64), nn.GELU(), nn.Linear(64, 4))
     res = evolve(model, tmp_path, "bn")
     assert res.run_dir.summary()["compaction"] == "exact"
-    c = compact(res.best_model, X[:2], res.best_genome.masks)
+    c = compact_exactly(res, X[:2], X[:50])
     assert c.removed, "nothing was removed: the test would prove nothing"
-    with torch.no_grad():
-        assert torch.allclose(c.model(X[:50]), res.best_model.eval()(X[:50]), atol=1e-5)
 
 
 def test_untraceable_model_says_compaction_is_off(tmp_path, monkeypatch):
@@ -219,9 +224,7 @@ def test_int64_tokens_with_per_token_targets(tmp_path):
     assert res.history[-1]["synapses"] < res.history[0]["synapses"]
     summary = res.run_dir.summary()["compaction"]
     if summary == "exact":  # exact, or refused in words; never silently different
-        c = compact(res.best_model, tokens[:2], res.best_genome.masks)
-        with torch.no_grad():
-            assert torch.allclose(c.model(tokens[:20]), res.best_model(tokens[:20]), atol=1e-5)
+        compact_exactly(res, tokens[:2], tokens[:20])
     else:
         assert "compaction" in summary
 
@@ -240,9 +243,7 @@ def test_compact_takes_the_masks_of_a_run_with_exclusions(tmp_path):
     res = evosynth.evolve(model, (X, Y), config={**CONFIG, "encoding": {"exclude": ["0"]}},
                           run_dir=tmp_path / "ex", log=lambda s: None)
     assert set(res.best_genome.masks) == {"2", "4"}
-    c = compact(res.best_model, X[:2], res.best_genome.masks)  # the README's call
-    with torch.no_grad():
-        assert torch.allclose(c.model(X[:50]), res.best_model.eval()(X[:50]), atol=1e-5)
+    compact_exactly(res, X[:2], X[:50])  # the README's call
 
 
 class Upsampler(nn.Module):
@@ -273,10 +274,8 @@ def test_conv_transpose_is_a_boundary_whose_dead_inputs_are_removed(tmp_path):
     assert "up" not in res.best_genome.masks
     dead = int((~res.best_genome.masks["c1"].reshape(8, -1).any(1)).sum())
     assert dead > 0, "no filter of c1 died: the test would prove nothing"
-    c = compact(res.best_model, x[:2], res.best_genome.masks)
+    c = compact_exactly(res, x[:2], x[:50])
     assert c.model.c1.out_channels == c.model.up.in_channels == 8 - dead
-    with torch.no_grad():
-        assert torch.allclose(c.model(x[:50]), res.best_model.eval()(x[:50]), atol=1e-5)
 
 
 class FlattenCat(nn.Module):
@@ -306,9 +305,7 @@ def test_flatten_and_concat_evolves_and_compacts_exactly(tmp_path):
             run_dir=tmp_path / "cat", log=lambda s: None)
     assert res.history[-1]["synapses"] < res.history[0]["synapses"]
     assert res.run_dir.summary()["compaction"] == "exact"
-    c = compact(res.best_model, x[:2], res.best_genome.masks)
-    with torch.no_grad():
-        assert torch.allclose(c.model(x[:50]), res.best_model.eval()(x[:50]), atol=1e-5)
+    compact_exactly(res, x[:2], x[:50])
 
 
 def test_hugging_face_bert_evolves_by_heads_and_neurons_and_compacts_exactly(tmp_path):
@@ -346,14 +343,11 @@ def test_hugging_face_bert_evolves_by_heads_and_neurons_and_compacts_exactly(tmp
     ffn = "bert.encoder.layer.0.intermediate.dense"
     assert last["layers"][ffn]["filters"] < 48
     assert last["layers"][f"{att}.output.dense"]["filters"] == 32  # the stream is whole
-    c = compact(res.best_model, tokens[:2], masks)
+    c = compact_exactly(res, tokens[:2], tokens[:40])
     small = c.model.get_submodule(f"{att}.self")
     assert small.num_attention_heads == int(per_head[2].sum()) < 4
     assert small.query.out_features == 8 * small.num_attention_heads
     assert c.model.get_submodule(ffn).out_features == last["layers"][ffn]["filters"]
-    with torch.no_grad():
-        a = res.best_model.eval()(tokens[:40]).logits
-        assert torch.allclose(c.model.eval()(tokens[:40]).logits, a, atol=1e-5)
 
 
 class TwoInputs(nn.Module):
@@ -381,16 +375,13 @@ def test_a_model_of_two_inputs_takes_a_tuple_or_a_dict(tmp_path, named):
     assert res.history[0]["val_accuracy"] > 0.6
     assert res.history[-1]["synapses"] < res.history[0]["synapses"]
     assert res.run_dir.summary()["compaction"] == "exact"
-    from evosynth.inputs import Inputs, call
+    from evosynth.inputs import Inputs
 
-    example = Inputs(kwargs={"x": X[:2], "extra": extra[:2]}) if named \
-        else Inputs((X[:2], extra[:2]))
-    c = compact(res.best_model, example, res.best_genome.masks)
-    batch = (Inputs(kwargs={"x": X[:50], "extra": extra[:50]}) if named
-             else Inputs((X[:50], extra[:50])))
-    with torch.no_grad():
-        assert torch.allclose(call(c.model, batch), call(res.best_model.eval(), batch),
-                              atol=1e-5)
+    def first(n):
+        return (Inputs(kwargs={"x": X[:n], "extra": extra[:n]}) if named
+                else Inputs((X[:n], extra[:n])))
+
+    compact_exactly(res, first(2), first(50))
 
 
 def test_inputs_of_different_lengths_are_one_line(tmp_path):

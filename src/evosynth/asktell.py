@@ -24,7 +24,6 @@ from .api import PYTHON
 from .breeding import Fitness, Job, Parent
 from .config import RunConfig, schedule_at, validate
 from .environment import factors as env_factors
-from .environment import retries
 from .errors import UserError
 from .evolution import Evolution, select
 from .genome import apply_param_masks
@@ -169,7 +168,7 @@ class Synthesis:
         self._told[k] = Parent(candidate.id, state, candidate.masks, Fitness(float(fitness)),
                                list(candidate.parents))
         if len(self._asked) > 1:
-            self.evo.save_progress(candidate.job.g, candidate.job.attempt, k, self._told[k])
+            self.evo.save_progress(candidate.job.g, candidate.job.attempt, self._told[k])
         if len(self._told) < len(self._asked):
             return None
         return self._settle()
@@ -182,22 +181,15 @@ class Synthesis:
         self._asked, self._told = {}, {}
         env = None
         if self.cfg.evolution.environment.kind == "adaptive":
-            pressures = retries(self.cfg.evolution.environment, evo.pressure(g))
-            p = pressures[self._attempt]
-            env = {"pressure": p, "tries": self._attempt + 1, "rejected": self._rejected}
-            best = select(offspring, 1)[0]
-            if best.fitness.value < evo.floor() and self._attempt < len(pressures) - 1:
-                self._rejected.append({"pressure": p, evo.val_key: best.fitness.value,
-                                       "synapses": best.synapses})
-                evo.save_attempts(g, self._rejected)
+            env = evo.verdict(g, self._attempt, offspring, self._rejected)
+            if env is None:  # below the floor: the same generation, a gentler try
                 self._attempt, self._tests = self._attempt + 1, {}
                 return None
         test = self._tests.get(select(offspring, 1)[0].id)
-        rec = evo._select(g, offspring, time.perf_counter() - self._t0, env,
-                          test=Fitness(test) if test is not None else None)
+        rec = evo.keep(g, offspring, time.perf_counter() - self._t0, env,
+                       test=Fitness(test) if test is not None else None)
         self._attempt, self._rejected, self._tests = 0, [], {}
         return rec
 
     def _pressure(self) -> float:
-        return retries(self.cfg.evolution.environment, self.evo.pressure(self.generation)
-                       )[self._attempt]
+        return self.evo.pressures(self.generation)[self._attempt]

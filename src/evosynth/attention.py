@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .folding import fold_into
+
 
 class HeadPrunedAttention(nn.Module):
     """A drop-in for ``nn.MultiheadAttention`` (same call, same outputs) holding the heads
@@ -128,14 +130,9 @@ def shrink_heads(net: nn.Module, twin: nn.Module, name: str, dead: torch.Tensor)
     kept = [h for h in range(source.num_heads) if not bool(dead[h])]
     e, hd = source.embed_dim, source.head_dim
     folded = False
-    if source.in_proj_bias is not None and source.out_proj.bias is not None:
-        gone = torch.tensor([2 * e + h * hd + i for h in range(source.num_heads)
-                             if bool(dead[h]) for i in range(hd)], dtype=torch.long)
-        b_v = source.in_proj_bias.detach()[gone]
-        if bool(b_v.ne(0).any()):
-            with torch.no_grad():
-                source.out_proj.bias += source.out_proj.weight[:, gone - 2 * e] @ b_v
-            folded = True
+    if source.in_proj_bias is not None:
+        gone = dead.repeat_interleave(hd).nonzero().flatten()  # their v rows, from 0
+        folded = fold_into(source.out_proj, gone, source.in_proj_bias.detach()[2 * e + gone])
     for model in (net, twin):
         parent, _, child = name.rpartition(".")
         holder = model.get_submodule(parent) if parent else model

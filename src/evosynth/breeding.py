@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .clusters import Layer, prunable_layers, weight_name
+from .clusters import Layer, prunable_layers
 from .compact import Compacted, CompactionError, compact
 from .config import RunConfig
 from .coupling import Coupling
@@ -59,6 +59,11 @@ class Parent:
     def rank(self) -> tuple[float, int]:
         """Higher is better: fitness first, then fewer synapses."""
         return self.fitness.value, -self.synapses
+
+    @property
+    def index(self) -> int:
+        """k of ``g.k``: which offspring of its generation it is."""
+        return int(self.id.rsplit(".", 1)[1])
 
     def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and JSON metadata, for ``io.save_state``."""
@@ -123,12 +128,11 @@ class Breeder:
         """What follows from the model alone (rebuilt, not shipped, on a worker)."""
         cfg, model = self.cfg, self.model
         self.layers: dict[str, Layer] = prunable_layers(model, cfg.encoding.exclude)
-        # what a parent's strengths are read from: its layers and their BatchNorm scales
-        self.strength_modules = set(self.layers) | {
-            n for n, m in model.named_modules()
+        # what a parent's strengths are read from: its layers and their BatchNorm scales, by
+        # module, named as in the state dict
+        self.strength_keys = {n: layer.weight_key for n, layer in self.layers.items()} | {
+            n: f"{n}.weight" for n, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None}
-        modules = dict(model.named_modules())
-        self.strength_keys = {n: f"{n}.{weight_name(modules[n])}" for n in self.strength_modules}
         self.coupling = (Coupling.build(copy.deepcopy(model).eval(), self.example[:2],
                                         self.layers)
                          if cfg.encoding.couple else Coupling([], self.layers))
@@ -138,8 +142,7 @@ class Breeder:
     def __getstate__(self) -> dict[str, Any]:
         # the coupling holds a traced Torch-Pruning graph: rebuilt from the model instead
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("layers", "strength_modules", "strength_keys", "coupling",
-                             "encoding")}
+                if k not in ("layers", "strength_keys", "coupling", "encoding")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

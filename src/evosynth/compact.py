@@ -21,6 +21,7 @@ from .attention import dead_heads, shrink_heads
 from .clusters import prunable_layers
 from .coupling import CHANNEL_MIXERS, ChannelGroup, Coupling
 from .errors import UserError
+from .folding import add_bias, fold_delta
 from .genome import Genome, apply_param_masks, weight_masks
 from .heads import live_heads
 from .inputs import as_double, call, map_tensors, probe_like
@@ -85,30 +86,6 @@ def _constant_of(x: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor | None:
     return sel[:, 0]
 
 
-def _fold_delta(layer: nn.Module, idxs: torch.Tensor, const: torch.Tensor
-                ) -> torch.Tensor | None:
-    """What constant inputs ``idxs`` add to each of ``layer``'s outputs, or None where no
-    bias can express it: a zero-padded conv sees the constant only away from the border."""
-    if not bool(const.abs().gt(0).any()):
-        return torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype)
-    if isinstance(layer, nn.Linear):
-        return layer.weight[:, idxs] @ const
-    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
-        return None  # strided transposed kernels overlap unevenly: no bias can express it
-    padding = layer.padding if isinstance(layer.padding, tuple) else (layer.padding,)
-    if layer.padding == "same" or any(p != 0 for p in padding):
-        return None
-    w = layer.weight[:, idxs]
-    return (w.reshape(w.shape[0], len(idxs), -1).sum(-1) * const).sum(1)
-
-
-def _add_bias(layer: nn.Module, delta: torch.Tensor) -> None:
-    with torch.no_grad():
-        if layer.bias is None:
-            layer.bias = nn.Parameter(torch.zeros_like(delta))
-        layer.bias += delta
-
-
 def _removable(coupling: Coupling, group: ChannelGroup, masks, inputs, modules) -> torch.Tensor:
     """Boolean over the group's channels: which can leave the network. A removed channel
     that is dead but still read feeds a constant, folded here into its readers' biases."""
@@ -127,13 +104,13 @@ def _removable(coupling: Coupling, group: ChannelGroup, masks, inputs, modules) 
             continue
         idxs = m.idxs[sel]
         const = _constant_of(inputs[m.module], idxs)
-        delta = None if const is None else _fold_delta(modules[m.module], idxs, const)
+        delta = None if const is None else fold_delta(modules[m.module], idxs, const)
         if delta is None:  # keep the constant channels; still drop what nobody reads
             return unread & remove
         if bool(delta.abs().gt(0).any()):
             folds.append((modules[m.module], delta))
     for layer, delta in folds:
-        _add_bias(layer, delta)
+        add_bias(layer, delta)
     return remove
 
 

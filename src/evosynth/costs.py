@@ -14,7 +14,7 @@ from safetensors.torch import save
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .inputs import call, tensors
+from .inputs import Inputs, call
 
 
 def count_params(model: nn.Module) -> int:
@@ -44,8 +44,9 @@ def size_bytes(model: nn.Module) -> int:
 
 
 def _sync(x) -> None:
-    t = tensors(x)[0] if isinstance(x, torch.Tensor) or hasattr(x, "tensors") else None
-    if t is not None and t.device.type == "cuda":
+    """Wait for the GPU (``x``: a tensor, Inputs, or an onnxruntime input, never on CUDA)."""
+    t = x.tensors()[0] if isinstance(x, Inputs) else x
+    if isinstance(t, torch.Tensor) and t.device.type == "cuda":
         torch.cuda.synchronize(t.device)
 
 

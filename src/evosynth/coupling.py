@@ -17,7 +17,7 @@ from torch import nn
 
 from .clusters import PRUNABLE_TYPES, Layer, live_filters
 from .heads import HeadGroup, head_groups
-from .inputs import Inputs, call, tp_inputs
+from .inputs import call
 
 # layers whose output depends on all channels together: removing one changes the others,
 # so the channels they read are a boundary (never removed; their writers' filters live)
@@ -95,10 +95,9 @@ class Coupling:
         names = {m: n for n, m in model.named_modules()}
         try:
             with torch.enable_grad():  # Torch-Pruning traces through autograd
-                dg = tp.DependencyGraph().build_dependency(
-                    model, tp_inputs(example_input), verbose=False,
-                    forward_fn=(lambda m, _: call(m, example_input))
-                    if isinstance(example_input, Inputs) else None)
+                # through call(): an input of several tensors goes in by position or name
+                dg = tp.DependencyGraph().build_dependency(model, example_input, verbose=False,
+                                                           forward_fn=call)
             raw = list(dg.get_all_groups(root_module_types=PRUNABLE_TYPES))
         except Exception as exc:  # an op Torch-Pruning cannot trace: evolve without coupling
             why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"

@@ -134,6 +134,9 @@ class Encoding:
         # writers of a normalized width (a transformer's residual stream): filters live
         self.boundary = coupling.boundary_writers() if coupling is not None else set()
         self.head_groups = coupling.head_groups if coupling is not None else []
+        # the q/k/v projections whose rows are drawn as heads, not one by one
+        self.head_layers = set() if cfg.granularity == "kernel" else {
+            n for g in self.head_groups for n in g.projections}
 
     def factors(self, name: str, generation: int, env: Environment | None = None
                 ) -> tuple[float, float]:
@@ -234,13 +237,6 @@ class Encoding:
                    ) -> list[tuple[HeadGroup, torch.Tensor]]:
         """Per q/k/v attention, which heads live (the cluster encoding draws them)."""
         return []
-
-    @property
-    def head_layers(self) -> set[str]:
-        """The q/k/v projections whose rows are drawn as heads, not one by one."""
-        if self.cfg.granularity == "kernel":
-            return set()
-        return {n for g in self.head_groups for n in g.projections}
 
 
 class SynapticEncoding(Encoding):

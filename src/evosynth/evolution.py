@@ -358,9 +358,10 @@ class Evolution:
         m = self.cfg.evolution.parents
         out = []
         for k in range(n_offspring):
-            at = (g, k) if attempt == 0 else (g, k, "try", attempt)
-            chosen = choose_parents(self.population, m, generator(self.cfg.seed, "mates", *at))
-            out.append(Job(g, k, attempt, env, tuple(p.id for p in chosen)))
+            job = Job(g, k, attempt, env, ())
+            chosen = choose_parents(self.population, m,
+                                    generator(self.cfg.seed, "mates", *job.at))
+            out.append(dataclasses.replace(job, parents=tuple(p.id for p in chosen)))
         return out
 
     def pressure(self, g: int) -> float:
@@ -383,27 +384,40 @@ class Evolution:
         teacher = self._teacher()
         if self.cfg.evolution.environment.kind == "schedule":
             offspring = self._generation(g, n_offspring, None, 0, teacher)
-            return self._select(g, offspring, time.perf_counter() - t0)
+            return self.keep(g, offspring, time.perf_counter() - t0)
         env_cfg = self.cfg.evolution.environment
         rejected = self.load_attempts(g)
-        floor = self.floor()
-        pressures = retries(env_cfg, self.pressure(g))
+        pressures = self.pressures(g)
         for attempt in range(len(rejected), len(pressures)):
-            p = pressures[attempt]
-            offspring = self._generation(g, n_offspring, env_factors(env_cfg, p), attempt,
+            offspring = self._generation(g, n_offspring,
+                                         env_factors(env_cfg, pressures[attempt]), attempt,
                                          teacher)
-            best = select(offspring, 1)[0]
-            env = {"pressure": p, "tries": attempt + 1, "rejected": rejected}
-            if best.fitness.value >= floor or attempt == len(pressures) - 1:
+            env = self.verdict(g, attempt, offspring, rejected)
+            if env is not None:
                 break
-            rejected.append({"pressure": p, self.val_key: best.fitness.value,
-                             "synapses": best.synapses})
-            self.save_attempts(g, rejected)
-        return self._select(g, offspring, time.perf_counter() - t0, env)
+        return self.keep(g, offspring, time.perf_counter() - t0, env)
 
-    def _select(self, g: int, offspring: list[Parent], seconds: float,
-                env: dict[str, Any] | None = None, test: Fitness | None = None
-                ) -> dict[str, Any]:
+    def pressures(self, g: int) -> list[float]:
+        """Generation ``g``'s pressure for each try (adaptive mode)."""
+        return retries(self.cfg.evolution.environment, self.pressure(g))
+
+    def verdict(self, g: int, attempt: int, offspring: list[Parent],
+                rejected: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Adaptive mode: the try's environment record when its fittest holds the floor or
+        no try is left; else None, the try recorded among ``rejected`` (and saved)."""
+        pressures = self.pressures(g)
+        p, best = pressures[attempt], select(offspring, 1)[0]
+        if best.fitness.value >= self.floor() or attempt == len(pressures) - 1:
+            return {"pressure": p, "tries": attempt + 1, "rejected": rejected}
+        rejected.append({"pressure": p, self.val_key: best.fitness.value,
+                         "synapses": best.synapses})
+        self.save_attempts(g, rejected)
+        return None
+
+    def keep(self, g: int, offspring: list[Parent], seconds: float,
+             env: dict[str, Any] | None = None, test: Fitness | None = None
+             ) -> dict[str, Any]:
+        """Select the generation's population from its offspring and record it."""
         survivors = select(offspring, self.cfg.evolution.population)
         return self._record(g, survivors[0], offspring, survivors, seconds, env, test)
 
@@ -424,24 +438,24 @@ class Evolution:
         for child in self.backend.breed(todo, population, teacher,
                                         lambda j: self._hooks(_tag(g, j.attempt, str(j.k))),
                                         desc):
-            k = int(child.id.split(".")[1])
-            bred[k] = child
+            bred[child.index] = child
             if n_offspring > 1:
-                self.save_progress(g, attempt, k, child)
+                self.save_progress(g, attempt, child)
                 fault_point("offspring-saved")
         return [bred[k] for k in range(n_offspring)]
 
     def load_attempts(self, g: int) -> list[dict[str, Any]]:
         """Generation ``g``'s rejected tries so far (adaptive mode)."""
-        path = self.run.checkpoint_path(f"gen{g}-attempts").with_suffix(".json")
+        path = self.run.attempts_path(g)
         return list(read_json(path)) if path.is_file() else []
 
     def save_attempts(self, g: int, rejected: list[dict[str, Any]]) -> None:
-        write_json(self.run.checkpoint_path(f"gen{g}-attempts").with_suffix(".json"),
-                   rejected)
+        write_json(self.run.attempts_path(g), rejected)
 
-    def save_progress(self, g: int, attempt: int, k: int, child: Parent) -> None:
-        save_state(*child.to_state(), self.run.checkpoint_path(_tag(g, attempt, f"o{k}")))
+    def save_progress(self, g: int, attempt: int, child: Parent) -> None:
+        """A finished offspring of a generation in progress, for resume."""
+        path = self.run.checkpoint_path(_tag(g, attempt, f"o{child.index}"))
+        save_state(*child.to_state(), path)
 
     def load_progress(self, g: int, attempt: int, n_offspring: int) -> dict[int, Parent]:
         out = {}
@@ -476,7 +490,7 @@ def select(offspring: list[Parent], k: int) -> list[Parent]:
     """The ``k`` fittest: validation score, then fewer synapses, then the lower index (so
     the order in which offspring finish never matters)."""
     def key(p: Parent) -> tuple[float, int, int]:
-        return (*p.rank, -int(p.id.split(".")[1]))
+        return (*p.rank, -p.index)
 
     return sorted(offspring, key=key, reverse=True)[:k]
 

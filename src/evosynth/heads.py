@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .clusters import Layer
+from .folding import fold_into
 
 _PROJECTIONS = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
 
@@ -81,14 +82,9 @@ def shrink(net: nn.Module, twin: nn.Module, group: HeadGroup, dead: torch.Tensor
     changed."""
     keep = group.rows(~dead).nonzero().flatten()
     gone = group.rows(dead).nonzero().flatten()
-    folded = False
-    v, out = net.get_submodule(group.v), net.get_submodule(group.out)
-    if v.bias is not None and out.bias is not None:
-        b_v = v.bias.detach()[gone]
-        if bool(b_v.ne(0).any()):
-            with torch.no_grad():
-                out.bias += out.weight[:, gone] @ b_v
-            folded = True
+    v = net.get_submodule(group.v)
+    folded = v.bias is not None and fold_into(net.get_submodule(group.out), gone,
+                                              v.bias.detach()[gone])
     for model in (net, twin):
         for name in group.projections:
             _replace(model, name, _rows(model.get_submodule(name), keep))

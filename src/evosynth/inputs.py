@@ -122,10 +122,3 @@ def probe_like(x: Batch, seed: int = 0) -> Batch:
     gen = torch.Generator().manual_seed(seed)
     return map_tensors(x, lambda t: torch.randn(t.shape, generator=gen).to(t)
                        if t.is_floating_point() else t)
-
-
-def tp_inputs(x: Batch) -> Any:
-    """``x`` as Torch-Pruning's ``example_inputs`` (a tensor, a tuple or a dict)."""
-    if not isinstance(x, Inputs):
-        return x
-    return x.kwargs if not x.args else x.args

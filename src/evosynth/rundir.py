@@ -112,6 +112,10 @@ class RunDir:
     def checkpoint_path(self, tag: str) -> Path:
         return self.path / CHECKPOINTS / f"{tag}.safetensors"
 
+    def attempts_path(self, g: int) -> Path:
+        """Generation ``g``'s rejected tries so far (adaptive mode), until it is recorded."""
+        return self.path / CHECKPOINTS / f"gen{g}-attempts.json"
+
     def export_path(self, g: int, fmt: str) -> Path:
         return self.path / f"compact-gen{g}.{'onnx' if fmt == 'onnx' else 'safetensors'}"
 
