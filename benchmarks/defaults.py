@@ -27,6 +27,13 @@ from evosynth.report import markdown_table
 from evosynth.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trio(granularity: str, ease: float, width: float) -> dict:
+    return {"encoding": {"granularity": granularity},
+            "evolution": {"environment": {"ease": ease, "width_exponent": width}}}
+
+
 VARIANTS: dict[str, dict] = {
     "defaults": {},
     "own strength": {"encoding": {"strength": "own"}},
@@ -41,8 +48,18 @@ VARIANTS: dict[str, dict] = {
     "5 tries": {"evolution": {"environment": {"tries": 5}}},
     "distill, 2 offspring": {"train": {"distill": 0.5}, "evolution": {"offspring": 2}},
     "filter+kernel": {"encoding": {"granularity": "filter+kernel"}},
-    "thin width 32": {"evolution": {"environment": {"thin_width": 32}}},
-    "thin width 64": {"evolution": {"environment": {"thin_width": 64}}},
+    # granularity, controller and width rule, each named in full (2026-11-26)
+    **{name: _trio(*spec) for name, spec in {
+        "filter, ease 0.85, width 0 (the defaults)": ("filter", 0.85, 0.0),
+        "filter+kernel, ease 0.85": ("filter+kernel", 0.85, 0.0),
+        "filter+kernel, hold": ("filter+kernel", 1.0, 0.0),
+        "filter+kernel, ease 0.85, width 0.5": ("filter+kernel", 0.85, 0.5),
+        "filter+kernel, hold, width 0.5": ("filter+kernel", 1.0, 0.5),
+        "filter+kernel, ease 0.85, width 1": ("filter+kernel", 0.85, 1.0),
+        "filter+kernel, hold, width 1": ("filter+kernel", 1.0, 1.0),
+        "filter, ease 0.85, width 0.5": ("filter", 0.85, 0.5),
+    }.items()},
+    "2 offspring early": {"evolution": {"offspring": {"1": 2, "6": 1}}},
     "two parents": {"evolution": {"population": 2, "parents": 2, "offspring": 2}},
     "one parent": {"evolution": {"population": 1, "parents": 1, "offspring": 1}},
 }

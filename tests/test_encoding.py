@@ -208,13 +208,26 @@ def test_any_module_with_exclusions():
     assert enc.output_layer == "0"
 
 
-def test_thin_layers_are_cut_gentler():
+def test_wide_layers_feel_more_pressure():
+    """width_exponent: pressure x (width / geometric mean width) ** b, capped; synapses
+    inside the survivors scale alike; the output layer (protected) is not drawn."""
     from evosynth.encoding import Environment
 
     model, layers, enc = lenet_and_encoding(granularity="filter")
     w, m = weights_and_masks(model, layers)
-    env = Environment(cluster=0.5, synapse=1.0, kernel=1.0, thin_width=64)
+    env = Environment(cluster=0.8, synapse=0.9, kernel=1.0, width_exponent=0.5,
+                      max_pressure=0.45)
     probs = enc.cluster_probabilities(w, m, 1, env)
-    assert float(probs["conv1"].mean()) == pytest.approx(1 - 0.5 * 20 / 64, abs=1e-6)
-    assert float(probs["conv2"].mean()) == pytest.approx(1 - 0.5 * 50 / 64, abs=1e-6)
-    assert float(probs["fc1"].mean()) == pytest.approx(0.5, abs=1e-6)
+    ref = (20 * 50 * 500) ** (1 / 3)  # 79.4: conv1 and conv2 are narrower, fc1 wider
+    for name in ("conv1", "conv2"):
+        assert float(probs[name].mean()) == pytest.approx(0.8, abs=1e-6)
+        assert enc.factors(name, 1, enc.sized(m, env))[0] == pytest.approx(0.9)
+    assert float(probs["fc1"].mean()) == pytest.approx(1 - 0.45, abs=1e-6)  # capped
+    gentle = Environment(cluster=0.9, synapse=1.0, kernel=1.0, width_exponent=0.5,
+                         max_pressure=0.45)
+    p_fc1 = 0.1 * (500 / ref) ** 0.5
+    assert float(enc.cluster_probabilities(w, m, 1, gentle)["fc1"].mean()) == pytest.approx(
+        1 - p_fc1, abs=1e-6)
+    assert "fc2" not in probs
+    flat = enc.cluster_probabilities(w, m, 1, Environment(cluster=0.8, synapse=0.9, kernel=1.0))
+    assert all(float(flat[n].mean()) == pytest.approx(0.8, abs=1e-6) for n in flat)

@@ -134,7 +134,8 @@ class EnvironmentConfig:
         "help": "pressure x this after an offspring holding at least `headroom` of the "
                 "allowed drop in reserve"})
     ease: Annotated[float, Field(gt=0, le=1)] = field(default=0.85, metadata={
-        "help": "pressure x this after an offspring that kept less than `headroom`"})
+        "help": "pressure x this after an offspring that kept less than `headroom` (1: hold "
+                "it; only a fall below the floor makes the environment gentler)"})
     retreat: Annotated[float, Field(gt=0, lt=1)] = field(default=0.5, metadata={
         "help": "pressure x this when an offspring falls below the floor and the parent "
                 "is sampled again"})
@@ -147,9 +148,9 @@ class EnvironmentConfig:
         "help": "synapses of surviving clusters die at this share of the pressure"})
     kernel_share: Fraction = field(default=0.5, metadata={
         "help": "filter+kernel: kernels of surviving filters die at this share"})
-    thin_width: Annotated[Int, Field(ge=0)] = field(default=0, metadata={
-        "help": "per-layer budgets: a layer with n < thin_width live filters loses clusters "
-                "at n / thin_width of the pressure (a thin layer has little to spare; 0: off)"})
+    width_exponent: Annotated[float, Field(ge=0)] = field(default=0.0, metadata={
+        "help": "a layer wider than the geometric mean width g of the evolving layers feels "
+                "the pressure x (live filters / g) ** this, at most max_pressure (0: off)"})
 
 
 @dataclass

@@ -8,7 +8,8 @@ drawn first.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -62,19 +63,40 @@ def survival_probability(strength: torch.Tensor, factor: float, normalization: s
 
 @dataclass(frozen=True)
 class Environment:
-    """One generation's environmental factors for the whole network (adaptive mode); in
-    schedule mode the encoding reads them per layer from its config instead."""
+    """One generation's environmental factors (adaptive mode); in schedule mode the encoding
+    reads them per layer from its config instead. ``sized`` gives each layer its own
+    pressure from its live width; ``layer`` reads a layer's factors."""
 
     cluster: float
     synapse: float
     kernel: float
-    thin_width: int = 0  # layers with fewer live filters are cut proportionally gentler
+    width_exponent: float = 0.0  # pressure x (width / geometric-mean width) ** this
+    max_pressure: float = 1.0  # no layer's pressure goes above it
+    scale: Mapping[str, float] = field(default_factory=dict)  # per-layer pressure multiplier
 
-    def layer_cluster(self, live_filters: int) -> float:
-        """The cluster factor of a layer with ``live_filters`` filters alive."""
-        if self.thin_width <= 0:
-            return self.cluster
-        return 1 - (1 - self.cluster) * min(1.0, live_filters / self.thin_width)
+    def sized(self, widths: Mapping[str, int]) -> Environment:
+        """Per-layer pressures for layers of ``widths`` live filters: a wide layer has more
+        to spare than a narrow one, so with ``width_exponent`` b a layer wider than the
+        geometric mean g of the live widths feels the generation's pressure times
+        ``(n / g) ** b``; the others feel it as it is."""
+        scale = {name: 1.0 for name in widths}
+        live = [n for n in widths.values() if n > 0]
+        if self.width_exponent and live:
+            ref = math.exp(sum(math.log(n) for n in live) / len(live))
+            scale = {name: max(1.0, n / ref) ** self.width_exponent
+                     for name, n in widths.items()}
+        return replace(self, scale=scale)
+
+    def layer(self, name: str) -> tuple[float, float, float]:
+        """(synapse, cluster, kernel) factors of one layer."""
+        s = self.scale.get(name, 1.0)
+        if s == 1.0:  # exactly the generation's factors (no float round trip)
+            return self.synapse, self.cluster, self.kernel
+
+        def scaled(factor: float) -> float:
+            return 1 - min((1 - factor) * s, max(1 - factor, self.max_pressure))
+
+        return scaled(self.synapse), scaled(self.cluster), scaled(self.kernel)
 
 
 @dataclass
@@ -143,7 +165,7 @@ class Encoding:
         """(F_s, F_c) of a layer in a generation: the environment's if adaptive, else the
         first matching layer pattern, else the global factors."""
         if env is not None:
-            return env.synapse, env.cluster
+            return env.layer(name)[:2]
         syn, clu = self.cfg.synapse_factor, self.cfg.cluster_factor
         for pattern, lf in self.cfg.layers.items():
             if matches(name, [pattern]):
@@ -151,6 +173,16 @@ class Encoding:
                 clu = lf.cluster if lf.cluster is not None else clu
                 break
         return factor_at(syn, generation), factor_at(clu, generation)
+
+    def sized(self, masks: dict[str, torch.Tensor], env: Environment | None
+              ) -> Environment | None:
+        """The environment with per-layer pressures from the live widths of the layers
+        whose filters evolve (not the protected ones, not q/k/v attentions)."""
+        if env is None:
+            return None
+        return env.sized({name: int(live_filters(masks[name].cpu()).sum())
+                          for name in self.layers
+                          if not self.is_protected(name) and name not in self.head_layers})
 
     def is_protected(self, name: str) -> bool:
         return (self.cfg.protect_output and name == self.output_layer) or name in self.boundary
@@ -191,6 +223,7 @@ class Encoding:
                ) -> dict[str, torch.Tensor]:
         """Draw an offspring's masks. Draws happen on the CPU in a fixed layer order, so the
         same generator state gives the same offspring on any device."""
+        env = self.sized(masks, env)
         cluster_p = self.cluster_probabilities(weights, masks, generation, env)
         children, drawn = {}, {}
         for name in self.layers:
@@ -284,6 +317,7 @@ class ClusterEncoding(Encoding):
         """Per layer (``max``, ``budget``) or one budget for the whole network (``global``,
         each layer's strengths divided by their live mean so layers compare)."""
         out, pool = {}, {}
+        env = self.sized(masks, env)
         for name, layer in self.layers.items():
             if self.is_protected(name) or name in self.head_layers:
                 continue
@@ -293,8 +327,6 @@ class ClusterEncoding(Encoding):
                 pool[name] = (_mean_normalized(s, live), live)
                 continue
             factor = self.factors(name, generation, env)[1]
-            if env is not None:
-                factor = env.layer_cluster(int(live_filters(masks[name].cpu()).sum()))
             p = torch.zeros(live.shape, dtype=torch.float64)
             p[live] = survival_probability(s[live], factor, self.cfg.normalization)
             out[name] = p
@@ -316,8 +348,8 @@ class ClusterEncoding(Encoding):
         layer = self.layers[name]
         if self.cfg.granularity != "filter+kernel" or layer.kind != "conv":
             return
-        factor = env.kernel if env is not None else factor_at(self.cfg.kernel_factor,
-                                                              generation)
+        factor = env.layer(name)[2] if env is not None else factor_at(self.cfg.kernel_factor,
+                                                                       generation)
         kernels = cluster_view(parent, layer, "kernel").any(dim=1)
         live = kernels & alive.repeat_interleave(layer.shape[1])
         strength = cluster_view(weight.detach().abs().cpu() * parent, layer,

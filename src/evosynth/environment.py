@@ -23,7 +23,8 @@ from .encoding import Environment
 
 def factors(cfg: EnvironmentConfig, pressure: float) -> Environment:
     return Environment(cluster=1 - pressure, synapse=1 - pressure * cfg.synapse_share,
-                       kernel=1 - pressure * cfg.kernel_share, thin_width=cfg.thin_width)
+                       kernel=1 - pressure * cfg.kernel_share,
+                       width_exponent=cfg.width_exponent, max_pressure=cfg.max_pressure)
 
 
 def headroom(value: float, floor: float, ancestor: float) -> float:
