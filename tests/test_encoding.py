@@ -209,8 +209,9 @@ def test_any_module_with_exclusions():
 
 
 def test_wide_layers_feel_more_pressure():
-    """width_exponent: pressure x (width / geometric mean width) ** b, capped; synapses
-    inside the survivors scale alike; the output layer (protected) is not drawn."""
+    """width_exponent: a layer wider than the geometric mean width feels the pressure x
+    (width / mean) ** b, capped, on synapses too; narrower layers feel it as it is; the
+    output layer (protected) is not drawn."""
     from evosynth.encoding import Environment
 
     model, layers, enc = lenet_and_encoding(granularity="filter")
@@ -223,6 +224,8 @@ def test_wide_layers_feel_more_pressure():
         assert float(probs[name].mean()) == pytest.approx(0.8, abs=1e-6)
         assert enc.factors(name, 1, enc.sized(m, env))[0] == pytest.approx(0.9)
     assert float(probs["fc1"].mean()) == pytest.approx(1 - 0.45, abs=1e-6)  # capped
+    synapse_p = 0.1 * (500 / ref) ** 0.5  # 0.25, under the cap
+    assert enc.factors("fc1", 1, enc.sized(m, env))[0] == pytest.approx(1 - synapse_p)
     gentle = Environment(cluster=0.9, synapse=1.0, kernel=1.0, width_exponent=0.5,
                          max_pressure=0.45)
     p_fc1 = 0.1 * (500 / ref) ** 0.5
