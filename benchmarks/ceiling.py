@@ -16,13 +16,10 @@ import json
 import torch
 
 from evosynth.api import build, load_run
-from evosynth.clusters import prunable_layers
+from evosynth.breeding import Breeder, TrainHooks
 from evosynth.config import TrainConfig
-from evosynth.coupling import Coupling
-from evosynth.genome import apply_param_masks
 from evosynth.seeding import generator
 from evosynth.tasks import accuracy
-from evosynth.train import train
 
 RECIPES = ('[{"epochs": 2}, {"epochs": 6}, {"epochs": 6, "lr": 0.05}, '
            '{"epochs": 6, "optimizer": "adam", "lr": 0.001}]')
@@ -37,19 +34,16 @@ def main() -> None:
     run = load_run(args.run_dir, args.generation)
     _, data = build(run.config)
     device = torch.device("cpu")
-    layers = prunable_layers(run.model, run.config.encoding.exclude)
-    coupling = Coupling.build(copy.deepcopy(run.model), run.example[:2], layers)
-    masks = coupling.param_masks(run.model, run.genome.masks)
+    breeder = Breeder(run.config, run.model, data, run.example)  # trains as offspring train
     print(f"as evolved: val {accuracy(run.model, data.val, device):.2%}, "
           f"test {accuracy(run.model, data.test, device):.2%}", flush=True)
     for recipe in json.loads(args.recipes):
         model = copy.deepcopy(run.model)
-        apply_param_masks(model, masks)
-        train(model, data.train, TrainConfig(**recipe), masks, generator(0, "ceiling"),
-              device, progress=False)
-        print(f"{recipe}: val {accuracy(model, data.val, device):.2%}, "
+        fit = breeder.train_and_evaluate(model, run.genome, TrainConfig(**recipe),
+                                         generator(0, "ceiling"), "ceiling", None,
+                                         TrainHooks())
+        print(f"{recipe}: val {fit.value:.2%}, "
               f"test {accuracy(model, data.test, device):.2%}", flush=True)
-
 
 if __name__ == "__main__":
     main()

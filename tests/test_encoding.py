@@ -218,7 +218,7 @@ def test_wide_layers_feel_more_pressure():
     w, m = weights_and_masks(model, layers)
     env = Environment(cluster=0.8, synapse=0.9, kernel=1.0, width_exponent=0.5,
                       max_pressure=0.45)
-    probs = enc.cluster_probabilities(w, m, 1, env)
+    probs = enc.cluster_probabilities(w, m, 1, enc.sized(m, env))
     ref = (20 * 50 * 500) ** (1 / 3)  # 79.4: conv1 and conv2 are narrower, fc1 wider
     for name in ("conv1", "conv2"):
         assert float(probs[name].mean()) == pytest.approx(0.8, abs=1e-6)
@@ -229,8 +229,8 @@ def test_wide_layers_feel_more_pressure():
     gentle = Environment(cluster=0.9, synapse=1.0, kernel=1.0, width_exponent=0.5,
                          max_pressure=0.45)
     p_fc1 = 0.1 * (500 / ref) ** 0.5
-    assert float(enc.cluster_probabilities(w, m, 1, gentle)["fc1"].mean()) == pytest.approx(
-        1 - p_fc1, abs=1e-6)
+    fc1 = enc.cluster_probabilities(w, m, 1, enc.sized(m, gentle))["fc1"]
+    assert float(fc1.mean()) == pytest.approx(1 - p_fc1, abs=1e-6)
     assert "fc2" not in probs
     flat = enc.cluster_probabilities(w, m, 1, Environment(cluster=0.8, synapse=0.9, kernel=1.0))
     assert all(float(flat[n].mean()) == pytest.approx(0.8, abs=1e-6) for n in flat)

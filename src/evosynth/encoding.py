@@ -315,9 +315,9 @@ class ClusterEncoding(Encoding):
 
     def cluster_probabilities(self, weights, masks, generation, env):
         """Per layer (``max``, ``budget``) or one budget for the whole network (``global``,
-        each layer's strengths divided by their live mean so layers compare)."""
+        each layer's strengths divided by their live mean so layers compare); ``env`` as
+        ``sized`` gives it (``sample`` sizes it once per offspring)."""
         out, pool = {}, {}
-        env = self.sized(masks, env)
         for name, layer in self.layers.items():
             if self.is_protected(name) or name in self.head_layers:
                 continue
