@@ -29,9 +29,17 @@ from evosynth.rundir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _trio(granularity: str, ease: float, width: float) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def _variant(granularity: str, ease: float, width: float = 0.0, retire: int = 0) -> dict:
     return {"encoding": {"granularity": granularity},
-            "evolution": {"environment": {"ease": ease, "width_exponent": width}}}
+            "evolution": {"environment": {"ease": ease, "width_exponent": width,
+                                          "retire": retire}}}
 
 
 VARIANTS: dict[str, dict] = {
@@ -48,9 +56,9 @@ VARIANTS: dict[str, dict] = {
     "5 tries": {"evolution": {"environment": {"tries": 5}}},
     "distill, 2 offspring": {"train": {"distill": 0.5}, "evolution": {"offspring": 2}},
     "filter+kernel": {"encoding": {"granularity": "filter+kernel"}},
-    # granularity, controller and width rule, each named in full (2026-11-26)
-    **{name: _trio(*spec) for name, spec in {
-        "filter, ease 0.85, width 0 (the defaults)": ("filter", 0.85, 0.0),
+    # granularity, controller, width rule and retirements, each named in full (2026-11-26)
+    **{name: _variant(*spec) for name, spec in {
+        "filter, ease 0.85, width 0 (the defaults before retire)": ("filter", 0.85, 0.0),
         "filter+kernel, ease 0.85": ("filter+kernel", 0.85, 0.0),
         "filter+kernel, hold": ("filter+kernel", 1.0, 0.0),
         "filter+kernel, ease 0.85, width 0.5": ("filter+kernel", 0.85, 0.5),
@@ -58,8 +66,11 @@ VARIANTS: dict[str, dict] = {
         "filter+kernel, ease 0.85, width 1": ("filter+kernel", 0.85, 1.0),
         "filter+kernel, hold, width 1": ("filter+kernel", 1.0, 1.0),
         "filter, ease 0.85, width 0.5": ("filter", 0.85, 0.5),
+        "filter, ease 0.85, retire 2 (the defaults)": ("filter", 0.85, 0.0, 2),
+        "filter+kernel, hold, retire 2": ("filter+kernel", 1.0, 0.0, 2),
     }.items()},
-    "2 offspring early": {"evolution": {"offspring": {"1": 2, "6": 1}}},
+    "2 offspring early": merge(_variant("filter", 0.85),
+                               {"evolution": {"offspring": {"1": 2, "6": 1}}}),
     "two parents": {"evolution": {"population": 2, "parents": 2, "offspring": 2}},
     "one parent": {"evolution": {"population": 1, "parents": 1, "offspring": 1}},
 }
@@ -69,13 +80,6 @@ COLUMNS = (("variant", "variant", "{}"), ("gen", "generation", "{}"),
            ("synapses", "synapses", "{:,}"), ("syn eff", "synaptic_efficiency", "{:.1f}x"),
            ("MACs", "compact_macs", "{:,}"), ("offspring", "offspring_trained", "{}"),
            ("stopped", "stopped", "{}"), ("wall s", "wall_seconds", "{:.0f}"))
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(base.get(k, {}), v) if isinstance(v, dict) else v
-    return out
 
 
 def run_variant(name: str, base: dict, out: Path, threads: int) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import evosynth
+from evosynth.blame import culprit, cut_share, damage
+from evosynth.clusters import live_filters
 from evosynth.data.digits import load_digits
 
 
@@ -121,3 +124,75 @@ def test_a_told_score_below_the_floor_is_asked_again_in_a_gentler_environment(di
     assert rec["environment"]["tries"] == 2 and rec["meets_floor"]
     assert rec["environment"]["rejected"][0]["val_accuracy"] == 0.5
     assert syn.done and syn.ask() == []
+
+
+def test_a_layer_that_runs_out_of_room_retires_and_the_others_evolve_on(digits, tmp_path):
+    """environment.retire: when every try of a generation fails, the layer whose lost
+    filters were each the largest share of it (no validation data in ask/tell: the
+    narrowest that lost any) stops evolving: its filters and synapses survive every later
+    draw, while the other layer keeps losing."""
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32),
+                        nn.ReLU(), nn.Linear(32, 10))
+    fit(net, x, y, 2)
+    cfg = {"evolution": {"generations": 4, "max_drop": 0.01,
+                         "environment": {"tries": 1, "retire": 1, "pressure": 0.3}},
+           "measure": {"costs": False}}
+    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
+    first = syn.ask()[0]
+    lost = {n: int((~live_filters(first.masks[n])).sum()) for n in ("1", "3")}
+    assert lost["1"] and lost["3"]  # both lost filters: the narrower ("3") is blamed
+    assert cut_share(torch.ones_like(first.masks["3"]), first.masks["3"]) == lost["3"] / 32
+    assert syn.tell(first, 0.5) is None  # the round's only try failed: a layer retires
+    retired = syn.evo.load_attempts(1)[0]["retired"]
+    assert retired == "3"
+    other = "3" if retired == "1" else "1"
+    parent = {n: torch.ones_like(m) for n, m in first.masks.items()}
+    for gen in (1, 2):
+        cand = syn.ask()[0]
+        fed = live_filters(cand.masks["1"]) if retired == "3" else slice(None)
+        assert torch.equal(live_filters(cand.masks[retired]), live_filters(parent[retired]))
+        assert torch.equal(cand.masks[retired][:, fed], parent[retired][:, fed])
+        assert cand.masks[other].sum() < parent[other].sum()
+        rec = syn.tell(cand, 0.9)
+        assert rec["generation"] == gen and rec["environment"]["retired"] == [retired]
+        parent = cand.masks
+    # no retirement left: a generation whose tries all fail ends the run, as before
+    assert syn.tell(syn.ask()[0], 0.5)["meets_floor"] is False and syn.done
+
+
+def test_blame_falls_on_the_layer_whose_cut_alone_costs_the_parent_most(digits):
+    """With validation data the culprit is measured: the parent with one layer cut as in
+    the failed offspring, untrained, loses the most validation accuracy."""
+    from evosynth.breeding import Breeder, Fitness, Parent
+    from evosynth.config import validate
+    from evosynth.data import Splits, TensorData
+
+    x, y, xv, yv = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32),
+                        nn.ReLU(), nn.Linear(32, 10))
+    fit(net, x, y, 3)
+    data = Splits(TensorData(x, y), TensorData(xv, yv), None, 10)
+    breeder = Breeder(validate({}), net, data, x[:8])
+    masks = {n: torch.ones_like(p.weight, dtype=torch.bool)
+             for n, p in net.named_modules() if n in ("1", "3", "5")}
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    parent = Parent("0.0", state, masks, Fitness(accuracy(net, xv, yv)))
+    child = dict(masks)
+    child["1"] = masks["1"].clone()
+    child["1"][:2] = False  # 2 of 64 hidden units: a small cut
+    child["3"] = masks["3"].clone()
+    child["3"][:24] = False  # 24 of 32: most of the layer
+    lost = damage(breeder, parent, child, ["1", "3", "5"])
+    assert set(lost) == {"1", "3"}  # layer 5 was not cut: not a suspect
+    cut = copy.deepcopy(net)  # the parent with layer 3's cut alone, untrained
+    with torch.no_grad():
+        cut[3].weight[:24] = 0
+        cut[3].bias[:24] = 0
+    assert lost["3"] == pytest.approx(parent.fitness.value - accuracy(cut, xv, yv))
+    assert lost["3"] > 0.05  # most of a layer: a visible loss
+    per_filter = {"1": lost["1"] / 2, "3": lost["3"] / 24}
+    assert culprit(breeder, parent, child, ["1", "3"]) == max(per_filter, key=per_filter.get)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())  # untouched

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -234,3 +235,27 @@ def test_wide_layers_feel_more_pressure():
     assert "fc2" not in probs
     flat = enc.cluster_probabilities(w, m, 1, Environment(cluster=0.8, synapse=0.9, kernel=1.0))
     assert all(float(flat[n].mean()) == pytest.approx(0.8, abs=1e-6) for n in flat)
+
+
+@pytest.mark.parametrize("normalization", ["max", "budget", "global"])
+@pytest.mark.parametrize("granularity", ["filter", "filter+kernel"])
+def test_a_retired_layer_loses_nothing_while_the_others_are_drawn(normalization,
+                                                                  granularity):
+    """A retired layer keeps every synapse under any normalization (in ``max`` a factor of 1
+    would still kill all but the strongest); a network-wide budget is shared by the others
+    alone, so they lose as much as without it."""
+    from evosynth.encoding import Environment
+
+    model, layers, enc = lenet_and_encoding(granularity=granularity,
+                                            normalization=normalization)
+    w, m = weights_and_masks(model, layers)
+    harsh = Environment(cluster=0.5, synapse=0.6, kernel=0.6)
+    out = enc.sample(w, m, 1, generator(0, "t"), replace(harsh, retired=frozenset({"conv2"})))
+    assert torch.equal(out["conv2"], m["conv2"])
+    for name in ("conv1", "fc1"):
+        assert out[name].sum() < m[name].sum()
+    probs = enc.cluster_probabilities(w, m, 1, replace(harsh, retired=frozenset({"conv2"})))
+    assert "conv2" not in probs
+    if normalization == "global":  # the shared budget: the live clusters of conv1 and fc1
+        joint = torch.cat([probs["conv1"], probs["fc1"]])
+        assert float(joint.mean()) == pytest.approx(0.5, abs=1e-6)

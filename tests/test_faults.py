@@ -104,19 +104,27 @@ def test_resume_takes_the_recorded_thread_count(reference, tmp_path):
 
 
 RETRY_CONFIG = CONFIG.replace("max_drop: null", "max_drop: null, min_accuracy: 0.9999")
+RETIRE_CONFIG = RETRY_CONFIG.replace("min_accuracy: 0.9999",
+                                     "min_accuracy: 0.9999, environment: {retire: 1}")
 
 
-def test_kill_between_retries_resumes_exactly(tmp_path):
-    """The adaptive environment samples the parent again below the floor; a kill in the
-    second try resumes with the first try's record and gives the uninterrupted run."""
+# ancestor: epochs 1-2; try 0: 3-6, try 1: 7-10, try 2: 11-14 (then, with retire, a layer
+# retires), try 3: 15-18, ...
+@pytest.mark.parametrize(("config", "kill_at", "tries", "retired"),
+                         [(RETRY_CONFIG, "epoch:7", 3, 0), (RETIRE_CONFIG, "epoch:16", 6, 1)])
+def test_kill_between_retries_resumes_exactly(tmp_path, config, kill_at, tries, retired):
+    """The adaptive environment samples the parent again below the floor (and, with
+    ``retire``, retires a layer after a round of failed tries); a kill in a later try
+    resumes with the earlier tries' records and gives the uninterrupted run."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(RETRY_CONFIG)
+    cfg.write_text(config)
     r = evosynth("evolve", "--config", cfg, "--out", tmp_path / "whole", "--no-progress")
     assert r.returncode == 0, r.stderr
     tensors, history = contents(tmp_path / "whole")
-    assert history[1]["environment"]["tries"] == 3
+    env = history[1]["environment"]
+    assert env["tries"] == tries and len(env["retired"]) == retired
     r = evosynth("evolve", "--config", cfg, "--out", tmp_path / "cut", "--no-progress",
-                 kill_at="epoch:7")  # ancestor 1-2, try 0: 3-6, try 1: 7-10
+                 kill_at=kill_at)
     assert r.returncode == -signal.SIGKILL
     assert (tmp_path / "cut" / "checkpoints" / "gen1-attempts.json").is_file()
     r = evosynth("resume", tmp_path / "cut", "--no-progress")

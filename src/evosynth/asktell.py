@@ -23,7 +23,6 @@ from torch import nn
 from .api import PYTHON
 from .breeding import Fitness, Job, Parent
 from .config import RunConfig, schedule_at, validate
-from .environment import factors as env_factors
 from .errors import UserError
 from .evolution import Evolution, select
 from .genome import apply_param_masks
@@ -136,7 +135,7 @@ class Synthesis:
             n = int(schedule_at(self.cfg.evolution.offspring, g))
             env = None
             if self.cfg.evolution.environment.kind == "adaptive":
-                env = env_factors(self.cfg.evolution.environment, self._pressure())
+                env = evo.environment(g, self._attempt, self._rejected)
             population = {p.id: p for p in evo.population}
             for job in evo.jobs(g, n, env, self._attempt):
                 child, genome = evo.breeder.sample([population[i] for i in job.parents], job)
@@ -190,6 +189,3 @@ class Synthesis:
                        test=Fitness(test) if test is not None else None)
         self._attempt, self._rejected, self._tests = 0, [], {}
         return rec
-
-    def _pressure(self) -> float:
-        return self.evo.pressures(self.generation)[self._attempt]

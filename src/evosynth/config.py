@@ -151,6 +151,10 @@ class EnvironmentConfig:
     width_exponent: Annotated[float, Field(ge=0)] = field(default=0.0, metadata={
         "help": "a layer wider than the geometric mean width g of the evolving layers feels "
                 "the pressure x (live filters / g) ** this, at most max_pressure (0: off)"})
+    retire: Annotated[Int, Field(ge=0)] = field(default=2, metadata={
+        "help": "layers a run may retire: when every try of a generation fails, the layer "
+                "whose cut cost the parent most validation score stops evolving and the "
+                "generation is tried again without it (0: the run ends there)"})
 
 
 @dataclass

@@ -73,6 +73,7 @@ class Environment:
     width_exponent: float = 0.0  # pressure x (width / geometric-mean width) ** this
     max_pressure: float = 1.0  # no layer's pressure goes above it
     scale: Mapping[str, float] = field(default_factory=dict)  # per-layer pressure multiplier
+    retired: frozenset[str] = frozenset()  # layers that no longer evolve (nothing dies)
 
     def sized(self, widths: Mapping[str, int]) -> Environment:
         """Per-layer pressures for layers of ``widths`` live filters: a wide layer has more
@@ -89,6 +90,8 @@ class Environment:
 
     def layer(self, name: str) -> tuple[float, float, float]:
         """(synapse, cluster, kernel) factors of one layer."""
+        if name in self.retired:
+            return 1.0, 1.0, 1.0
         s = self.scale.get(name, 1.0)
         if s == 1.0:  # exactly the generation's factors (no float round trip)
             return self.synapse, self.cluster, self.kernel
@@ -228,6 +231,9 @@ class Encoding:
         children, drawn = {}, {}
         for name in self.layers:
             parent = masks[name].cpu()
+            if env is not None and name in env.retired:
+                children[name] = parent.clone()
+                continue
             f_s, _ = self.factors(name, generation, env)
             p_syn = self.synapse_probability(weights[name], parent, f_s)
             children[name] = parent & (torch.rand(parent.shape, generator=generator,
@@ -319,7 +325,8 @@ class ClusterEncoding(Encoding):
         ``sized`` gives it (``sample`` sizes it once per offspring)."""
         out, pool = {}, {}
         for name, layer in self.layers.items():
-            if self.is_protected(name) or name in self.head_layers:
+            if (self.is_protected(name) or name in self.head_layers
+                    or (env is not None and name in env.retired)):
                 continue
             live = cluster_view(masks[name].cpu(), layer, self.cfg.granularity).any(dim=1)
             s = self.strengths(name, weights, masks)
@@ -383,9 +390,12 @@ class ClusterEncoding(Encoding):
                 strength.index_add_(0, m.root, w.reshape(w.shape[0], -1).sum(1)[m.idxs])
                 live[m.root] |= live_filters(mask)[m.idxs]
             p = torch.zeros(group.channels, dtype=torch.float64)
-            p[live] = survival_probability(strength[live],
-                                           self.factors(writers[0].module, generation, env)[1],
-                                           self.per_layer)
+            if _frozen(env, [m.module for m in group.by_role("out")]):
+                p[live] = 1.0
+            else:
+                p[live] = survival_probability(
+                    strength[live], self.factors(writers[0].module, generation, env)[1],
+                    self.per_layer)
             alive = torch.rand(group.channels, generator=generator, dtype=torch.float64) < p
             for m in writers:
                 drawn[m.module][m.idxs] = alive[m.root]
@@ -409,13 +419,21 @@ class ClusterEncoding(Encoding):
                 strength += w.reshape(group.heads, -1).sum(1)
             live = live_heads(group, masks)
             p = torch.zeros(group.heads, dtype=torch.float64)
-            p[live] = survival_probability(strength[live],
-                                           self.factors(group.q, generation, env)[1],
-                                           self.per_layer)
+            if _frozen(env, group.projections):
+                p[live] = 1.0
+            else:
+                p[live] = survival_probability(strength[live],
+                                               self.factors(group.q, generation, env)[1],
+                                               self.per_layer)
             alive = _keep_one(torch.rand(group.heads, generator=generator,
                                          dtype=torch.float64) < p, p)
             out.append((group, alive & live))
         return out
+
+def _frozen(env: Environment | None, names) -> bool:
+    """A tied channel or a head whose layers include a retired one does not evolve."""
+    return env is not None and any(n in env.retired for n in names)
+
 
 def _mean_normalized(s: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
     """``s`` divided by its mean over ``live`` (zero where dead): comparable across layers."""

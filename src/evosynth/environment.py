@@ -10,21 +10,29 @@ resumed run continues exactly):
 - one that holds the floor with less reserve makes it gentler: ``p <- p * ease``;
 - one below the floor is discarded and the parent is sampled again at ``p * retreat`` (not
   below ``min_pressure``: a failure there may be the draw's bad luck), up to ``tries``
-  times; if none holds, the run ends there.
+  times; if none holds, the run ends there, unless ``retire`` allows it to retire a layer:
+  the layer whose cut (the last try's, applied alone to the parent, untrained) cost most
+  validation score per filter it lost stops evolving (``blame.py``), and the generation is
+  tried again (``tries`` more) with the others, from the first generation's pressure (they
+  were not the ones failing). A network's layers do not run out of room at the same time;
+  this lets the others go on after one of them has.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from .config import EnvironmentConfig
 from .encoding import Environment
 
 
-def factors(cfg: EnvironmentConfig, pressure: float) -> Environment:
+def factors(cfg: EnvironmentConfig, pressure: float, retired: Iterable[str] = ()
+            ) -> Environment:
     return Environment(cluster=1 - pressure, synapse=1 - pressure * cfg.synapse_share,
                        kernel=1 - pressure * cfg.kernel_share,
-                       width_exponent=cfg.width_exponent, max_pressure=cfg.max_pressure)
+                       width_exponent=cfg.width_exponent, max_pressure=cfg.max_pressure,
+                       retired=frozenset(retired))
 
 
 def headroom(value: float, floor: float, ancestor: float) -> float:

@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 from .backends import make_backend
+from .blame import culprit
 from .breeding import Breeder, Fitness, Job, Parent, TrainHooks
 from .checks import check_data
+from .clusters import live_clusters
 from .compact import Compacted
 from .config import RunConfig, schedule_at
 from .costs import count_macs, count_params, latency_ms, size_bytes
@@ -385,32 +387,77 @@ class Evolution:
         if self.cfg.evolution.environment.kind == "schedule":
             offspring = self._generation(g, n_offspring, None, 0, teacher)
             return self.keep(g, offspring, time.perf_counter() - t0)
-        env_cfg = self.cfg.evolution.environment
         rejected = self.load_attempts(g)
         pressures = self.pressures(g)
         for attempt in range(len(rejected), len(pressures)):
-            offspring = self._generation(g, n_offspring,
-                                         env_factors(env_cfg, pressures[attempt]), attempt,
-                                         teacher)
+            offspring = self._generation(g, n_offspring, self.environment(g, attempt, rejected),
+                                         attempt, teacher)
             env = self.verdict(g, attempt, offspring, rejected)
             if env is not None:
                 break
         return self.keep(g, offspring, time.perf_counter() - t0, env)
 
     def pressures(self, g: int) -> list[float]:
-        """Generation ``g``'s pressure for each try (adaptive mode)."""
-        return retries(self.cfg.evolution.environment, self.pressure(g))
+        """Generation ``g``'s pressure for each try (adaptive mode): ``tries`` of them, and
+        ``tries`` more after each layer it may still retire, from the first generation's
+        pressure again (the layers left were not the ones failing)."""
+        env = self.cfg.evolution.environment
+        return (retries(env, self.pressure(g))
+                + retries(env, env.pressure) * self.retirements_left())
+
+    def evolving(self) -> list[str]:
+        """The layers whose clusters the environment draws (not the protected ones)."""
+        return [n for n in self.layers if not self.breeder.encoding.is_protected(n)]
+
+    def retired(self, rejected: list[dict[str, Any]] = ()) -> set[str]:
+        """Layers that no longer evolve: retired by earlier generations or by this
+        generation's ``rejected`` tries."""
+        last = self.history[-1].get("environment", {})
+        return set(last.get("retired", [])) | {r["retired"] for r in rejected
+                                                 if "retired" in r}
+
+    def retirements_left(self) -> int:
+        """How many more layers the run may retire (one layer always keeps evolving)."""
+        done = len(self.retired())
+        return max(0, min(self.cfg.evolution.environment.retire - done,
+                          len(self.evolving()) - 1 - done))
+
+    def room_left(self, parent: Parent, layers: set[str]) -> bool:
+        """Whether ``layers`` still have room to evolve in: at least one kernel cluster
+        (conv kernel, neuron) expected to die per generation at the gentlest pressure (else
+        the run would go on to its cap changing next to nothing)."""
+        live = sum(int(live_clusters(parent.masks[n], self.layers[n], "kernel").sum())
+                   for n in layers)
+        return live * self.cfg.evolution.environment.min_pressure >= 1
+    def environment(self, g: int, attempt: int, rejected: list[dict[str, Any]]
+                    ) -> Environment:
+        """The factors of generation ``g``'s ``attempt``-th try (adaptive mode)."""
+        return env_factors(self.cfg.evolution.environment, self.pressures(g)[attempt],
+                           self.retired(rejected))
 
     def verdict(self, g: int, attempt: int, offspring: list[Parent],
                 rejected: list[dict[str, Any]]) -> dict[str, Any] | None:
         """Adaptive mode: the try's environment record when its fittest holds the floor or
-        no try is left; else None, the try recorded among ``rejected`` (and saved)."""
+        no try is left; else None, the try recorded among ``rejected`` (and saved). The
+        last of a round of ``tries`` failed tries retires a layer (``blame.culprit``)."""
         pressures = self.pressures(g)
         p, best = pressures[attempt], select(offspring, 1)[0]
+        retired = self.retired(rejected)
+        record = {"pressure": p, "tries": attempt + 1, "rejected": rejected,
+                  "retired": sorted(retired)}
         if best.fitness.value >= self.floor() or attempt == len(pressures) - 1:
-            return {"pressure": p, "tries": attempt + 1, "rejected": rejected}
-        rejected.append({"pressure": p, self.val_key: best.fitness.value,
-                         "synapses": best.synapses})
+            return record
+        entry = {"pressure": p, self.val_key: best.fitness.value, "synapses": best.synapses}
+        if (attempt + 1) % self.cfg.evolution.environment.tries == 0:
+            parent = {m.id: m for m in self.population}[best.parents[0]]
+            suspects = [n for n in self.evolving() if n not in retired]
+            layer = culprit(self.breeder, parent, best.masks, suspects)
+            if layer is None or not self.room_left(parent, set(suspects) - {layer}):
+                return record
+            entry["retired"] = layer
+            self.log(f"gen {g}: no try held the floor; {layer} retires (its cut alone cost "
+                     "the parent most) and the others evolve on")
+        rejected.append(entry)
         self.save_attempts(g, rejected)
         return None
 
