@@ -153,8 +153,9 @@ class EnvironmentConfig:
                 "the pressure x (live filters / g) ** this, at most max_pressure (0: off)"})
     retire: Annotated[Int, Field(ge=0)] = field(default=2, metadata={
         "help": "layers a run may retire: when every try of a generation fails, the layer "
-                "whose cut cost the parent most validation score stops evolving and the "
-                "generation is tried again without it (0: the run ends there)"})
+                "whose cut cost the parent most validation score per filter lost stops "
+                "evolving and the generation is tried again without it (0: the run ends "
+                "there)"})
 
 
 @dataclass

@@ -430,6 +430,7 @@ class ClusterEncoding(Encoding):
             out.append((group, alive & live))
         return out
 
+
 def _frozen(env: Environment | None, names) -> bool:
     """A tied channel or a head whose layers include a retired one does not evolve."""
     return env is not None and any(n in env.retired for n in names)

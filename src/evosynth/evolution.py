@@ -429,6 +429,7 @@ class Evolution:
         live = sum(int(live_clusters(parent.masks[n], self.layers[n], "kernel").sum())
                    for n in layers)
         return live * self.cfg.evolution.environment.min_pressure >= 1
+
     def environment(self, g: int, attempt: int, rejected: list[dict[str, Any]]
                     ) -> Environment:
         """The factors of generation ``g``'s ``attempt``-th try (adaptive mode)."""
