@@ -103,9 +103,9 @@ def test_resume_takes_the_recorded_thread_count(reference, tmp_path):
     assert "resuming with 1 threads" in r.stdout
 
 
-RETRY_CONFIG = CONFIG.replace("max_drop: null", "max_drop: null, min_accuracy: 0.9999")
-RETIRE_CONFIG = RETRY_CONFIG.replace("min_accuracy: 0.9999",
-                                     "min_accuracy: 0.9999, environment: {retire: 1}")
+RETRY_CONFIG, RETIRE_CONFIG = (
+    CONFIG.replace("max_drop: null", "max_drop: null, min_accuracy: 0.9999, "
+                   f"environment: {{retire: {n}}}") for n in (0, 1))
 
 
 # ancestor: epochs 1-2; try 0: 3-6, try 1: 7-10, try 2: 11-14 (then, with retire, a layer
