@@ -45,5 +45,6 @@ def main() -> None:
         print(f"{recipe}: val {fit.value:.2%}, "
               f"test {accuracy(model, data.test, device):.2%}", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -24,10 +24,14 @@ from .genome import apply_param_masks
 SAMPLE = 4096
 
 
+def filters_lost(parent: torch.Tensor, child: torch.Tensor) -> int:
+    return int(live_filters(parent.cpu()).sum()) - int(live_filters(child.cpu()).sum())
+
+
 def cut_share(parent: torch.Tensor, child: torch.Tensor) -> float:
     """Share of a layer's live filters that the child lost."""
     before = int(live_filters(parent.cpu()).sum())
-    return 1 - int(live_filters(child.cpu()).sum()) / before if before else 0.0
+    return filters_lost(parent, child) / before if before else 0.0
 
 
 def damage(breeder: Breeder, parent: Parent, child: dict[str, torch.Tensor],
@@ -36,9 +40,10 @@ def damage(breeder: Breeder, parent: Parent, child: dict[str, torch.Tensor],
     score with only that layer's cut (a share of lost filters without validation data)."""
     cut = [n for n in layers if not torch.equal(parent.masks[n].cpu(), child[n].cpu())]
     val = breeder.data.val if breeder.data is not None else None
-    if val is None or not hasattr(val, "subset"):
+    if val is None:
         return {n: cut_share(parent.masks[n], child[n]) for n in cut}
-    val = val.subset(torch.arange(min(len(val), SAMPLE)))
+    if hasattr(val, "subset"):  # streamed data is scored whole
+        val = val.subset(torch.arange(min(len(val), SAMPLE)))
     model = copy.deepcopy(breeder.model)
 
     def score(masks: dict[str, torch.Tensor]) -> float:
@@ -48,10 +53,6 @@ def damage(breeder: Breeder, parent: Parent, child: dict[str, torch.Tensor],
 
     base = score(parent.masks)
     return {n: base - score({**parent.masks, n: child[n]}) for n in cut}
-
-
-def filters_lost(parent: torch.Tensor, child: torch.Tensor) -> int:
-    return int(live_filters(parent.cpu()).sum()) - int(live_filters(child.cpu()).sum())
 
 
 def culprit(breeder: Breeder, parent: Parent, child: dict[str, torch.Tensor],

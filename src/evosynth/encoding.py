@@ -89,9 +89,8 @@ class Environment:
         return replace(self, scale=scale)
 
     def layer(self, name: str) -> tuple[float, float, float]:
-        """(synapse, cluster, kernel) factors of one layer."""
-        if name in self.retired:
-            return 1.0, 1.0, 1.0
+        """(synapse, cluster, kernel) factors of one layer (a retired layer is not drawn at
+        all: ``Encoding.sample`` and the tie and head draws skip it)."""
         s = self.scale.get(name, 1.0)
         if s == 1.0:  # exactly the generation's factors (no float round trip)
             return self.synapse, self.cluster, self.kernel
