@@ -36,10 +36,11 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _variant(granularity: str, ease: float, width: float = 0.0, retire: int = 0) -> dict:
+def _variant(granularity: str, ease: float, width: float = 0.0, retire: int = 0,
+             noise: float = 0.0) -> dict:
     return {"encoding": {"granularity": granularity},
             "evolution": {"environment": {"ease": ease, "width_exponent": width,
-                                          "retire": retire}}}
+                                          "retire": retire, "noise": noise}}}
 
 
 VARIANTS: dict[str, dict] = {
@@ -56,7 +57,8 @@ VARIANTS: dict[str, dict] = {
     "5 tries": {"evolution": {"environment": {"tries": 5}}},
     "distill, 2 offspring": {"train": {"distill": 0.5}, "evolution": {"offspring": 2}},
     "filter+kernel": {"encoding": {"granularity": "filter+kernel"}},
-    # granularity, controller, width rule and retirements, each named in full (2026-11-26)
+    # granularity, controller, width rule, retirements and noise, each named in full
+    # (2026-11-26; noise 0 unless named: what the variants were measured with)
     **{name: _variant(*spec) for name, spec in {
         "filter, ease 0.85, width 0 (the defaults before retire)": ("filter", 0.85, 0.0),
         "filter+kernel, ease 0.85": ("filter+kernel", 0.85, 0.0),
@@ -66,8 +68,10 @@ VARIANTS: dict[str, dict] = {
         "filter+kernel, ease 0.85, width 1": ("filter+kernel", 0.85, 1.0),
         "filter+kernel, hold, width 1": ("filter+kernel", 1.0, 1.0),
         "filter, ease 0.85, width 0.5": ("filter", 0.85, 0.5),
-        "filter, ease 0.85, retire 2 (the defaults)": ("filter", 0.85, 0.0, 2),
+        "filter, ease 0.85, retire 2 (the defaults before noise)": ("filter", 0.85, 0.0, 2),
         "filter+kernel, hold, retire 2": ("filter+kernel", 1.0, 0.0, 2),
+        "filter, hold, retire 2": ("filter", 1.0, 0.0, 2),
+        "filter, ease 0.85, noise 1, retire 2 (the defaults)": ("filter", 0.85, 0.0, 2, 1.0),
     }.items()},
     "2 offspring early": merge(_variant("filter", 0.85),
                                {"evolution": {"offspring": {"1": 2, "6": 1}}}),

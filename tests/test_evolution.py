@@ -188,6 +188,25 @@ def test_environment_law():
     assert headroom(0.5, -math.inf, 0.9) == math.inf  # no floor: always harsher
 
 
+def test_the_controller_eases_only_for_a_shortfall_the_validation_set_can_see():
+    """With `noise`, a reserve short of the headroom by less than `noise` standard errors
+    holds the pressure (the score cannot tell it from one that kept its reserve); a larger
+    shortfall eases, and `noise: 0` eases at any shortfall."""
+    from evosynth.config import EnvironmentConfig
+    from evosynth.environment import next_pressure, standard_error
+
+    assert standard_error(0.99, 6000) == pytest.approx(math.sqrt(0.99 * 0.01 / 6000))
+    assert standard_error(0.99, 0) == 0.0  # no examples known (ask/tell): no noise
+    env = EnvironmentConfig(grow=1.5, ease=0.5, headroom=0.5, noise=1.0)
+    # floor 0.988, ancestor 0.990: the allowed drop is 0.2 points, the headroom line 0.989
+    error = standard_error(0.9885, 6000) / 0.002  # 0.14 points: 0.69 of the allowed drop
+    assert next_pressure(env, 0.2, 0.25, error) == pytest.approx(0.2)  # within noise: hold
+    assert next_pressure(env, 0.2, 0.25, 0.1) == pytest.approx(0.1)  # beyond it: ease
+    assert next_pressure(env, 0.2, 0.6, error) == pytest.approx(0.3)  # kept: harsher
+    quiet = EnvironmentConfig(grow=1.5, ease=0.5, headroom=0.5, noise=0.0)
+    assert next_pressure(quiet, 0.2, 0.25, error) == pytest.approx(0.1)
+
+
 def test_adaptive_run_retries_gentler_below_the_floor(tmp_path):
     """A floor the offspring can hardly hold: a generation whose offspring falls below it
     samples the parent again at `retreat` times the pressure, every try is recorded, and
@@ -261,3 +280,30 @@ def test_a_run_recorded_before_the_adaptive_environment_resumes_as_it_ran(tmp_pa
     hist = evosynth.resume(tmp_path / "r", progress=False, log=lambda s: None).history
     assert [r["generation"] for r in hist] == [0, 1, 2]
     assert "environment" not in hist[2]  # no adaptive pressure: the factors were used
+
+
+def test_the_loop_reads_the_noise_from_its_validation_set(tmp_path):
+    """The standard error the controller allows for is the validation accuracy's, on the
+    run's own validation examples: a generation short of the headroom by less than it
+    holds the pressure, by more eases it; a run with `noise: 0` eases either way."""
+    from evosynth.api import build
+    from evosynth.evolution import Evolution
+    from evosynth.rundir import RunDir
+
+    def pressure_after(val: float, noise: float) -> float:
+        cfg = adaptive(evolution={"generations": 2, "max_drop": 0.1, "environment": {
+            "kind": "adaptive", "ease": 0.5, "headroom": 0.5, "noise": noise}})
+        model, data = build(cfg)
+        evo = Evolution(cfg, model, data, RunDir(tmp_path / f"r{val}{noise}"),
+                        log=lambda s: None, progress=False)
+        n = len(data.val)
+        evo.history = [{"generation": 0, "val_accuracy": 0.97},
+                       {"generation": 1, "val_accuracy": val, "environment": {"pressure": 0.2}}]
+        return evo.pressure(2), n
+
+    # floor 0.87, headroom line 0.92; on the digits' 144 validation examples the standard
+    # error of 0.90 is 2.5 points (0.25 of the allowed drop), of 0.88 2.7 points
+    p, n = pressure_after(0.90, 1.0)  # reserve 0.3: 0.2 short, within the noise
+    assert n == 144 and p == pytest.approx(0.2)
+    assert pressure_after(0.90, 0.0)[0] == pytest.approx(0.1)
+    assert pressure_after(0.88, 1.0)[0] == pytest.approx(0.1)  # reserve 0.1: beyond it

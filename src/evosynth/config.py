@@ -136,6 +136,10 @@ class EnvironmentConfig:
     ease: Annotated[float, Field(gt=0, le=1)] = field(default=0.85, metadata={
         "help": "pressure x this after an offspring that kept less than `headroom` (1: hold "
                 "it; only a fall below the floor makes the environment gentler)"})
+    noise: Annotated[float, Field(ge=0)] = field(default=1.0, metadata={
+        "help": "ease only when the offspring's validation accuracy is more than this many "
+                "standard errors (sqrt(a (1 - a) / n) on n examples) short of the headroom "
+                "line; within it, hold (0: ease at any shortfall)"})
     retreat: Annotated[float, Field(gt=0, lt=1)] = field(default=0.5, metadata={
         "help": "pressure x this when an offspring falls below the floor and the parent "
                 "is sampled again"})

@@ -7,7 +7,10 @@ resumed run continues exactly):
 
 - an offspring that keeps at least ``headroom`` of the allowed drop (ancestor - floor) in
   reserve makes the next environment harsher: ``p <- min(p * grow, max_pressure)``;
-- one that holds the floor with less reserve makes it gentler: ``p <- p * ease``;
+- one that holds the floor with less reserve makes it gentler: ``p <- p * ease``, unless
+  the shortfall is within ``noise`` standard errors of the validation score (accuracy on
+  ``n`` examples: ``sqrt(a (1 - a) / n)``): then ``p`` holds, since the score cannot tell
+  that offspring from one that kept its reserve;
 - one below the floor is discarded and the parent is sampled again at ``p * retreat`` (not
   below ``min_pressure``: a failure there may be the draw's bad luck), up to ``tries``
   times; if none holds, the run ends there, unless ``retire`` allows it to retire a layer:
@@ -44,10 +47,21 @@ def headroom(value: float, floor: float, ancestor: float) -> float:
     return (value - floor) / allowed if allowed > 0 else (math.inf if value >= floor else -1)
 
 
-def next_pressure(cfg: EnvironmentConfig, pressure: float, reserve: float) -> float:
-    """The pressure after an accepted generation that kept ``reserve`` (``headroom``)."""
+def standard_error(value: float, n: int) -> float:
+    """The standard error of an accuracy measured on ``n`` examples (0 when unknown)."""
+    if n <= 0 or not 0 <= value <= 1:
+        return 0.0
+    return math.sqrt(value * (1 - value) / n)
+
+
+def next_pressure(cfg: EnvironmentConfig, pressure: float, reserve: float,
+                  error: float = 0.0) -> float:
+    """The pressure after an accepted generation that kept ``reserve`` (``headroom``), its
+    score's standard error ``error`` in the same units (a share of the allowed drop)."""
     if reserve >= cfg.headroom:
         return min(pressure * cfg.grow, cfg.max_pressure)
+    if reserve + cfg.noise * error >= cfg.headroom:
+        return pressure  # short of the headroom by less than the noise: hold
     return max(pressure * cfg.ease, cfg.min_pressure)
 
 

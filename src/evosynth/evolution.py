@@ -29,7 +29,7 @@ from .costs import count_macs, count_params, latency_ms, size_bytes
 from .data import Splits
 from .encoding import Environment
 from .environment import factors as env_factors
-from .environment import headroom, next_pressure, retries
+from .environment import headroom, next_pressure, retries, standard_error
 from .errors import UserError
 from .genome import Genome, apply_param_masks, layer_weights
 from .heads import live_heads
@@ -372,9 +372,17 @@ class Evolution:
         last = self.history[-1]
         if g == 1 or "environment" not in last:
             return env.pressure
-        anc = self.history[0][self.val_key]
-        reserve = headroom(last[self.val_key], self.floor(), anc)
-        return next_pressure(env, last["environment"]["pressure"], reserve)
+        anc, floor = self.history[0][self.val_key], self.floor()
+        reserve = headroom(last[self.val_key], floor, anc)
+        error = self.val_error(last[self.val_key]) / (anc - floor) if anc > floor else 0.0
+        return next_pressure(env, last["environment"]["pressure"], reserve, error)
+
+    def val_error(self, value: float) -> float:
+        """The standard error of a validation accuracy (0 for another metric, or without
+        validation data, as in ask/tell)."""
+        if self.data is None or self.task.metric != "accuracy":
+            return 0.0
+        return standard_error(value, len(self.data.val))
 
     def step(self) -> dict[str, Any]:
         """One generation. Schedule mode: breed the offspring, keep the fittest. Adaptive
