@@ -2,7 +2,7 @@
 floor and the same training budget, in one run.
 
     python benchmarks/compare.py [--data-dir ../shared/data/mnist] [--out runs/compare]
-        [--max-drop 0.002]
+        [--max-drop 0.002] [--seed 0] [--ancestor-weights W]
     python benchmarks/compare.py --quick        # tiny: digits (the test suite runs it)
 
 evosynth runs with its defaults plus a floor (validation accuracy >= the ancestor's minus
@@ -246,15 +246,17 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=0.002,
                     help="the floor: validation accuracy >= ancestor's minus this")
     ap.add_argument("--quick", action="store_true", help="digits, a few short steps")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the run seed (validation split, ancestor, every draw)")
     ap.add_argument("--ancestor-weights", default=None,
                     help="a trained ancestor (safetensors, trained on the same split) "
                          "instead of training one here")
     args = ap.parse_args()
     out = Path(args.out)
-    over = {"model": "lenet5", "dataset": "mnist", "data_dir": args.data_dir}
+    over = {"model": "lenet5", "dataset": "mnist", "data_dir": args.data_dir, "seed": args.seed}
     if args.quick:
         over = {"model": "lenet5", "dataset": "digits", "evolution.generations": 2,
-                "train.epochs": 1, "ancestor_train.epochs": 2}
+                "train.epochs": 1, "ancestor_train.epochs": 2, "seed": args.seed}
     t_start = time.perf_counter()
     cfg = load_config(None, {**over, "evolution.generations": 0,
                              "ancestor_weights": args.ancestor_weights})

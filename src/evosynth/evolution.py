@@ -378,11 +378,15 @@ class Evolution:
         return next_pressure(env, last["environment"]["pressure"], reserve, error)
 
     def val_error(self, value: float) -> float:
-        """The standard error of a validation accuracy (0 for another metric, or without
-        validation data, as in ask/tell)."""
+        """The standard error of a validation accuracy (0 for another metric, without
+        validation data as in ask/tell, or for a stream of unknown length)."""
         if self.data is None or self.task.metric != "accuracy":
             return 0.0
-        return standard_error(value, len(self.data.val))
+        try:
+            n = len(self.data.val)
+        except UserError:  # a stream without len(): its size is unknown
+            return 0.0
+        return standard_error(value, n)
 
     def step(self) -> dict[str, Any]:
         """One generation. Schedule mode: breed the offspring, keep the fittest. Adaptive
