@@ -290,7 +290,7 @@ def test_the_loop_reads_the_noise_from_its_validation_set(tmp_path):
     from evosynth.evolution import Evolution
     from evosynth.rundir import RunDir
 
-    def pressure_after(val: float, noise: float) -> float:
+    def pressure_after(val: float, noise: float) -> tuple[float, int]:
         cfg = adaptive(evolution={"generations": 2, "max_drop": 0.1, "environment": {
             "kind": "adaptive", "ease": 0.5, "headroom": 0.5, "noise": noise}})
         model, data = build(cfg)
