@@ -7,8 +7,10 @@ floor and the same training budget, in one run.
 
 evosynth runs with its defaults plus a floor (validation accuracy >= the ancestor's minus
 ``--max-drop``); the epochs it trained (offspring x epochs, retries included) are every
-peer's budget, spent in steps of the same epochs. Each peer prunes step by step until its
-validation accuracy falls below the same floor (or the budget ends): Torch-Pruning's global
+peer's budget, spent in steps of the same epochs, each step fine-tuned with the offspring's
+training recipe (distillation from the ancestor included when evosynth distils). Each peer
+prunes step by step until its validation accuracy falls below the same floor (or the budget
+ends): Torch-Pruning's global
 structured pruning with each of its importance criteria (L1 magnitude, L2 group norm,
 first-order Taylor; BatchNorm scale has nothing to read in LeNet-5), physically shrunk by
 Torch-Pruning; global iterative magnitude pruning (``torch.nn.utils.prune``); random
@@ -46,7 +48,7 @@ from evosynth.report import markdown_table
 from evosynth.rundir import RunDir
 from evosynth.seeding import generator
 from evosynth.tasks import accuracy as evaluate
-from evosynth.train import train
+from evosynth.train import Teacher, teacher_scores, train
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = (("method", "method", "{}"), ("step", "step", "{}"),
@@ -70,6 +72,7 @@ class Bench:
         self.rows: list[dict] = []
         self.models: list[nn.Module] = []  # each row's compact network, for remeasure()
         self.base: dict | None = None
+        self._teacher: Teacher | None = None
 
     def measure(self, method: str, step: int, model: nn.Module, seconds: float,
                 masks: dict[str, torch.Tensor] | None = None) -> dict:
@@ -109,8 +112,20 @@ class Bench:
             row["speedup"] = self.rows[0]["latency_ms"] / row["latency_ms"]
 
     def finetune(self, model: nn.Module, step: int, name: str) -> None:
+        """The offspring's training recipe, distillation included: a peer learns from the
+        ancestor's soft targets whenever evosynth's offspring learn from a teacher, so that
+        a difference between methods is not a difference of recipes."""
         train(model, self.data.train, self.cfg.train, {}, generator(self.cfg.seed, name, step),
-              self.device, progress=False)
+              self.device, progress=False, teacher=self.teacher)
+
+    @property
+    def teacher(self) -> Teacher | None:
+        if not self.cfg.train.distill:
+            return None
+        if self._teacher is None:
+            self._teacher = teacher_scores(copy.deepcopy(self.ancestor), self.data.train,
+                                           self.device)
+        return self._teacher
 
 
 def unstructured(bench: Bench, steps: int, keep: float, method: str, random: bool) -> None:

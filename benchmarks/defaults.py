@@ -38,7 +38,7 @@ def merge(base: dict, over: dict) -> dict:
 
 def _variant(granularity: str, ease: float, width: float = 0.0, retire: int = 0,
              noise: float = 0.0) -> dict:
-    return {"encoding": {"granularity": granularity},
+    return {"encoding": {"granularity": granularity}, "train": {"distill": 0.0},
             "evolution": {"environment": {"ease": ease, "width_exponent": width,
                                           "retire": retire, "noise": noise}}}
 
@@ -48,7 +48,8 @@ VARIANTS: dict[str, dict] = {
     "own strength": {"encoding": {"strength": "own"}},
     "per-layer budget": {"encoding": {"normalization": "budget"}},
     "filter only": {"encoding": {"granularity": "filter"}},
-    "distill parent": {"train": {"distill": 0.5}},
+    "distill parent": {"train": {"distill": 0.5, "teacher": "parent"}},
+    "distill ancestor": {"train": {"distill": 0.5, "teacher": "ancestor"}},
     "2 offspring": {"evolution": {"population": 1, "parents": 1, "offspring": 2}},
     "3 epochs": {"train": {"epochs": 3}},
     "grow 2.0": {"evolution": {"environment": {"grow": 2.0}}},
@@ -58,7 +59,7 @@ VARIANTS: dict[str, dict] = {
     "distill, 2 offspring": {"train": {"distill": 0.5}, "evolution": {"offspring": 2}},
     "filter+kernel": {"encoding": {"granularity": "filter+kernel"}},
     # granularity, controller, width rule, retirements and noise, each named in full
-    # (2026-11-26; noise 0 unless named: what the variants were measured with)
+    # (2026-11-26; noise 0 unless named, no distillation: what they were measured with)
     **{name: _variant(*spec) for name, spec in {
         "filter, ease 0.85, width 0 (the defaults before retire)": ("filter", 0.85, 0.0),
         "filter+kernel, ease 0.85": ("filter+kernel", 0.85, 0.0),
@@ -71,7 +72,8 @@ VARIANTS: dict[str, dict] = {
         "filter, ease 0.85, retire 2 (the defaults before noise)": ("filter", 0.85, 0.0, 2),
         "filter+kernel, hold, retire 2": ("filter+kernel", 1.0, 0.0, 2),
         "filter, hold, retire 2": ("filter", 1.0, 0.0, 2),
-        "filter, ease 0.85, noise 1, retire 2 (the defaults)": ("filter", 0.85, 0.0, 2, 1.0),
+        "filter, ease 0.85, noise 1, retire 2 (the defaults before distillation)": (
+            "filter", 0.85, 0.0, 2, 1.0),
     }.items()},
     "2 offspring early": merge(_variant("filter", 0.85),
                                {"evolution": {"offspring": {"1": 2, "6": 1}}}),

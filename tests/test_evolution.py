@@ -251,16 +251,67 @@ def test_target_stops_the_run(tmp_path):
     assert RunDir(tmp_path / "r").summary()["stopped"] == "target"
 
 
-def test_distillation_from_the_parent_runs_and_changes_training(tmp_path):
+@pytest.mark.parametrize("teacher", ["parent", "ancestor"])
+def test_distillation_runs_and_changes_training(tmp_path, teacher):
     runs = []
     for distill in (0.0, 0.5):
-        cfg = quick(evolution={"generations": 1}, train={"epochs": 1, "distill": distill},
+        cfg = quick(evolution={"generations": 2},
+                    train={"epochs": 1, "distill": distill, "teacher": teacher},
                     measure={"costs": False})
         runs.append(evosynth.run(cfg, tmp_path / str(distill), progress=False,
                                  log=lambda s: None))
     a, b = (r.best_model.state_dict() for r in runs)
     assert any(not torch.equal(a[k], b[k]) for k in a)
-    assert runs[1].history[1]["val_accuracy"] > 0.5
+    assert runs[1].history[-1]["val_accuracy"] > 0.5
+
+
+def test_a_teachers_cached_scores_train_as_the_teacher_itself():
+    """Distillation reads a fixed teacher's scores from a table computed once; that table
+    must train the student exactly as running the teacher on every batch does, and data
+    that changes between epochs (augmentation) must keep the teacher itself."""
+    from torch import nn
+
+    from evosynth.config import TrainConfig
+    from evosynth.data import TensorData
+    from evosynth.seeding import generator
+    from evosynth.train import teacher_scores, train
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorData(torch.randn(300, 8, generator=g), torch.randint(0, 3, (300,), generator=g))
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    student = nn.Linear(8, 3)
+    cfg = TrainConfig(epochs=2, batch_size=64, distill=0.7)
+    scores = teacher_scores(teacher, data, torch.device("cpu"))
+    assert isinstance(scores, torch.Tensor) and scores.shape == (300, 3)
+    trained = []
+    for t in (teacher, scores, None):
+        s = nn.Linear(8, 3)
+        s.load_state_dict(student.state_dict())
+        train(s, data, cfg, {}, generator(0, "t"), torch.device("cpu"), progress=False,
+              teacher=t)
+        trained.append(s.weight.detach())
+    assert torch.allclose(trained[0], trained[1], atol=1e-6)
+    assert not torch.allclose(trained[0], trained[2], atol=1e-3)  # the teacher mattered
+    augmented = TensorData(data.x, data.y, augment=lambda x, y, gen: (x, y))
+    assert teacher_scores(teacher, augmented, torch.device("cpu")) is teacher
+
+
+def test_distillation_of_per_token_scores_compares_classes_token_by_token():
+    """A sequence model's scores (N, T, C) for targets (N, T): the soft targets are a
+    distribution over the C classes of each token, not over the T positions."""
+    import torch.nn.functional as F
+
+    from evosynth.config import TrainConfig
+    from evosynth.train import soft_loss
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(3, 5, 10, generator=g), torch.randn(3, 5, 10, generator=g)
+    y = torch.randint(0, 10, (3, 5), generator=g)
+    cfg = TrainConfig(distill=0.5, temperature=2.0)
+    flat = 4 * F.kl_div(F.log_softmax(student.reshape(15, 10) / 2, 1),
+                        F.softmax(teacher.reshape(15, 10) / 2, 1), reduction="batchmean")
+    # the teacher's scores come laid out as cross-entropy wants them: (N, C, T)
+    assert torch.allclose(soft_loss(student, y, teacher.movedim(-1, 1), cfg), flat)
 
 
 def test_a_run_recorded_before_the_adaptive_environment_resumes_as_it_ran(tmp_path):

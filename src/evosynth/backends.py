@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
 from .breeding import Breeder, Job, Parent, TrainHooks
 from .config import ExecutionConfig
 from .errors import UserError
+from .train import Teacher
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -40,7 +40,7 @@ class LocalBackend:
         self.breeder = breeder
 
     def breed(self, jobs: list[Job], population: dict[str, Parent],
-              teacher: nn.Module | None, hooks: Callable[[Job], TrainHooks],
+              teacher: Teacher | None, hooks: Callable[[Job], TrainHooks],
               desc: Callable[[Job], str]) -> Iterator[Parent]:
         for job in jobs:
             parents = [population[i] for i in job.parents]
@@ -54,7 +54,7 @@ _BREEDERS: dict[str, Breeder] = {}  # per worker process: the run's breeder, unp
 
 
 def _remote_offspring(run: str, breeder_ref: list[Any], population: dict[str, Parent],
-                      job: Job, teacher: nn.Module | None, threads: int, gpus: float
+                      job: Job, teacher: Teacher | None, threads: int, gpus: float
                       ) -> Parent:
     """One offspring on a Ray worker, with the thread count the run asked for. The breeder
     (the data, and a traced model) is unpacked once per worker and run, not per task."""
@@ -110,7 +110,7 @@ class RayBackend:
         self.generation_bytes: dict[str, int] = {}  # what moved for the last generation
 
     def breed(self, jobs: list[Job], population: dict[str, Parent],
-              teacher: nn.Module | None, hooks: Callable[[Job], TrainHooks],
+              teacher: Teacher | None, hooks: Callable[[Job], TrainHooks],
               desc: Callable[[Job], str]) -> Iterator[Parent]:
         ray = self.ray
         if not jobs:
@@ -134,7 +134,9 @@ class RayBackend:
             for ref in pending:  # interrupted: do not leave work running
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
-        teacher_size = tensor_bytes(teacher.state_dict()) if teacher is not None else 0
+        teacher_size = (0 if teacher is None else
+                        tensor_bytes({"scores": teacher}) if isinstance(teacher, torch.Tensor)
+                        else tensor_bytes(teacher.state_dict()))
         self.generation_bytes = {"parents": parent_bytes(list(parents.values())),
                                  "teacher": teacher_size, "offspring": back}
 

@@ -30,7 +30,7 @@ from .genome import Genome, apply_param_masks
 from .mating import combine
 from .seeding import generator
 from .tasks import CLASSIFICATION, Task
-from .train import train
+from .train import Teacher, train
 
 
 @dataclass
@@ -168,7 +168,7 @@ class Breeder:
         apply_param_masks(child, self.coupling.param_masks(child, genome.masks))
         return child, genome
 
-    def offspring(self, parents: list[Parent], job: Job, teacher: nn.Module | None = None,
+    def offspring(self, parents: list[Parent], job: Job, teacher: Teacher | None = None,
                   hooks: TrainHooks | None = None, desc: str = "") -> Parent:
         """Sample, train and evaluate one offspring; its weights come back on the CPU."""
         child, genome = self.sample(parents, job)
@@ -181,7 +181,7 @@ class Breeder:
 
     # -- training ---------------------------------------------------------------------------
     def train_and_evaluate(self, model: nn.Module, genome: Genome, train_cfg,
-                           gen: torch.Generator, desc: str, teacher: nn.Module | None,
+                           gen: torch.Generator, desc: str, teacher: Teacher | None,
                            hooks: TrainHooks) -> Fitness:
         """Train under the masks (as the compact network where that is exact) and score on
         the validation split."""

@@ -107,11 +107,12 @@ class TrainConfig:
         "help": "per-step schedule over the phase; step: x0.1 at 50% and 75%"})
     warmup_steps: Annotated[Int, Field(ge=0)] = field(default=0, metadata={
         "help": "linear warm-up steps"})
-    distill: Fraction = field(default=0.0, metadata={
-        "help": "offspring: weight of the teacher's soft targets in the loss (0: off)"})
+    distill: Fraction = field(default=0.5, metadata={
+        "help": "offspring: weight of the teacher's soft targets in the loss (0: off; "
+                "classification only)"})
     temperature: Annotated[float, Field(gt=0)] = field(default=4.0, metadata={
         "help": "softmax temperature of distillation"})
-    teacher: Literal["parent", "ancestor"] = field(default="parent", metadata={
+    teacher: Literal["parent", "ancestor"] = field(default="ancestor", metadata={
         "help": "whose outputs the offspring learns from when distill > 0"})
 
 
@@ -301,7 +302,8 @@ class RunConfig:
                 "validation accuracy, and so selection and the floor, will be optimistic"})
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
-    ancestor_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
+    ancestor_train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=15, lr=0.05, distill=0.0))  # the ancestor has no teacher
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -41,6 +41,7 @@ from .report import format_record
 from .rundir import RunDir
 from .seeding import generator, resolve_device
 from .tasks import CLASSIFICATION
+from .train import Teacher, teacher_scores
 
 # in every record, whatever the task; the task adds val_<metric> and test_<metric>
 HISTORY_KEYS = ("generation", "metric", "synapses", "kernel_clusters", "filters",
@@ -152,9 +153,11 @@ class Evolution:
         return Parent(id_, {k: v.detach().cpu() for k, v in model.state_dict().items()},
                       {k: v.cpu() for k, v in genome.masks.items()}, fit, parents)
 
-    def _teacher(self) -> nn.Module | None:
-        """The compact parent (or ancestor) whose soft targets an offspring learns from."""
-        if not self.cfg.train.distill:
+    def _teacher(self) -> Teacher | None:
+        """The compact parent (or ancestor) whose soft targets an offspring learns from:
+        its class scores, looked up per batch where the data allow (``teacher_scores``).
+        Soft targets are class scores, so other tasks (detection) train on their own loss."""
+        if not self.cfg.train.distill or self.breeder.task.metric != "accuracy":
             return None
         if self.cfg.train.teacher == "ancestor":
             model = copy.deepcopy(self.model)
@@ -162,7 +165,9 @@ class Evolution:
         else:
             model, genome = self.model, self.genome
         c = self._compact_or_none(model, genome)  # the masked network when compaction is off
-        return copy.deepcopy(c.model if c is not None else model).to(self.device).eval()
+        teacher = copy.deepcopy(c.model if c is not None else model).to(self.device).eval()
+        return teacher_scores(teacher, self.data.train, self.device) \
+            if self.data is not None else teacher
 
     def _costs(self, model: nn.Module, genome: Genome) -> dict[str, Any]:
         mc = self.cfg.measure
@@ -482,7 +487,7 @@ class Evolution:
         return self._record(g, survivors[0], offspring, survivors, seconds, env, test)
 
     def _generation(self, g: int, n_offspring: int, env: Environment | None, attempt: int,
-                    teacher: nn.Module | None) -> list[Parent]:
+                    teacher: Teacher | None) -> list[Parent]:
         """Breed a generation's offspring (resuming after those already saved), in index
         order."""
         jobs = self.jobs(g, n_offspring, env, attempt)

@@ -41,11 +41,34 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     return 1.0
 
 
+Teacher = nn.Module | torch.Tensor  # a network, or its class scores on every training example
+_MAX_CACHED_SCORES = 2 ** 26  # floats (256 MB): beyond, the teacher runs per batch
+
+
+@torch.no_grad()
+def teacher_scores(teacher: nn.Module, data: TensorData | StreamData, device: torch.device
+                   ) -> Teacher:
+    """A fixed teacher's class scores on every training example, computed once (float32, on
+    the CPU), so that distillation costs a lookup per batch instead of the teacher's forward
+    pass: with a large teacher (the ancestor) and a small student, that pass is most of a
+    step. Only where each example is the same in every epoch (held in memory, no
+    augmentation); otherwise the teacher itself, run per batch."""
+    if not isinstance(data, TensorData) or data.augment is not None or not len(data):
+        return teacher
+    teacher = teacher.to(device).eval()
+    batches = data.to(device).eval_batches()
+    first = teacher_output(teacher, *next(batches)).float().cpu()
+    if first.numel() / len(first) * len(data) > _MAX_CACHED_SCORES:  # a vocabulary per token
+        return teacher
+    return torch.cat([first, *(teacher_output(teacher, x, y).float().cpu()
+                               for x, y in batches)])
+
+
 def train(model: nn.Module, data: TensorData | StreamData, cfg: TrainConfig,
           param_masks: dict[str, torch.Tensor], generator: torch.Generator,
           device: torch.device, desc: str = "train", progress: bool = True,
           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-          checkpoint: Path | None = None, teacher: nn.Module | None = None,
+          checkpoint: Path | None = None, teacher: Teacher | None = None,
           on_epoch: Callable[[int, float], None] | None = None) -> float:
     """Train in place; returns the last epoch's mean loss.
 
@@ -53,8 +76,9 @@ def train(model: nn.Module, data: TensorData | StreamData, cfg: TrainConfig,
     see them) and are re-zeroed after it (so weight decay cannot revive them): a dead
     synapse stays exactly zero through any optimizer. With ``checkpoint``, the whole state
     is saved after every epoch and training continues from it if it exists, exactly.
-    With ``teacher``, a share ``cfg.distill`` of the loss is the KL divergence to its
-    softened outputs (temperature ``cfg.temperature``; Hinton et al.'s T^2 scaling).
+    With ``teacher`` (a network, or its scores from ``teacher_scores``), a share
+    ``cfg.distill`` of the loss is the KL divergence to its softened outputs (temperature
+    ``cfg.temperature``; Hinton et al.'s T^2 scaling).
     """
     model.to(device).train()
     params = dict(model.named_parameters())
@@ -69,16 +93,20 @@ def train(model: nn.Module, data: TensorData | StreamData, cfg: TrainConfig,
     if checkpoint is not None and checkpoint.is_file():
         start, extra = load_training(checkpoint, model, opt, sched, generator)
         loss_sum = extra.get("loss", 0.0)
+    scores = teacher.to(device) if isinstance(teacher, torch.Tensor) else None
     for epoch in range(start, cfg.epochs):
         loss_sum = torch.zeros((), device=device)
-        batches = tqdm(data.batches(cfg.batch_size, generator), total=steps_per_epoch,
-                       desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=not progress, unit="step")
-        for x, y in batches:
+        batches = tqdm(data.indexed_batches(cfg.batch_size, generator)
+                       if scores is not None else
+                       ((None, x, y) for x, y in data.batches(cfg.batch_size, generator)),
+                       total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
+                       leave=False, disable=not progress, unit="step")
+        for idx, x, y in batches:
             out = call(model, x)
             loss = loss_fn(out, y)
             if teacher is not None:
-                loss = (1 - cfg.distill) * loss + cfg.distill * soft_loss(out, teacher, x, cfg)
+                target = scores[idx] if scores is not None else teacher_output(teacher, x, y)
+                loss = (1 - cfg.distill) * loss + cfg.distill * soft_loss(out, y, target, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if masks:
@@ -100,12 +128,19 @@ def train(model: nn.Module, data: TensorData | StreamData, cfg: TrainConfig,
     return float(loss_sum)
 
 
-def soft_loss(out: torch.Tensor, teacher: nn.Module, x: torch.Tensor, cfg: TrainConfig
-              ) -> torch.Tensor:
-    """Distillation: KL(teacher || student) of the temperature-softened class outputs."""
-    with torch.no_grad():
-        target = F.softmax(class_scores(call(teacher, x), None) / cfg.temperature, dim=1)
-    t2 = cfg.temperature ** 2
-    out = class_scores(out, None)
-    return t2 * F.kl_div(F.log_softmax(out / cfg.temperature, dim=1), target,
-                         reduction="batchmean")
+@torch.no_grad()
+def teacher_output(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The teacher's class scores as cross-entropy lays them out: (N, C, ...)."""
+    return class_scores(call(teacher, x), y)
+
+
+def soft_loss(out: torch.Tensor, y: torch.Tensor, teacher_scores: torch.Tensor,
+              cfg: TrainConfig) -> torch.Tensor:
+    """Distillation: KL(teacher || student) of the temperature-softened class scores (class
+    axis 1), summed over classes and averaged over examples and positions (per token for a
+    sequence's scores)."""
+    target = F.softmax(teacher_scores.to(out.dtype) / cfg.temperature, dim=1)
+    log_p = F.log_softmax(class_scores(out, y) / cfg.temperature, dim=1)
+    kl = (F.kl_div(log_p, target, reduction="batchmean") if log_p.dim() == 2 else
+          F.kl_div(log_p, target, reduction="none").sum(1).mean())
+    return cfg.temperature ** 2 * kl

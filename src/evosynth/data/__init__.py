@@ -59,11 +59,17 @@ class TensorData:
     def batches(self, batch_size: int, generator: torch.Generator
                 ) -> Iterator[tuple[torch.Tensor | Inputs, torch.Tensor]]:
         """One epoch of training batches, shuffled by ``generator``, augmented."""
+        for _, x, y in self.indexed_batches(batch_size, generator):
+            yield x, y
+
+    def indexed_batches(self, batch_size: int, generator: torch.Generator
+                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor | Inputs, torch.Tensor]]:
+        """``batches`` with each batch's example indices (the same draws)."""
         perm = torch.randperm(len(self), generator=generator).to(self.y.device)
         for i in range(self.steps(batch_size)):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             x, y = self.inputs(idx), self.y[idx]
-            yield self.augment(x, y, generator) if self.augment is not None else (x, y)
+            yield idx, *(self.augment(x, y, generator) if self.augment is not None else (x, y))
 
     def eval_batches(self, batch_size: int = 1000
                      ) -> Iterator[tuple[torch.Tensor | Inputs, torch.Tensor]]:
