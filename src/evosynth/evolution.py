@@ -76,6 +76,7 @@ class Evolution:
             check_data(model, data, data.task or CLASSIFICATION)
             example = data.train.inputs(slice(0, 2))
         self.breeder = Breeder(cfg, model, data, example)
+        self._ancestor_teacher: Teacher | None = None  # distillation's, once computed
         self.breeder.device = self.device
         self.layers, self.coupling = self.breeder.layers, self.breeder.coupling
         self.encoding, self.task = self.breeder.encoding, self.breeder.task
@@ -159,15 +160,21 @@ class Evolution:
         Soft targets are class scores, so other tasks (detection) train on their own loss."""
         if not self.cfg.train.distill or self.breeder.task.metric != "accuracy":
             return None
-        if self.cfg.train.teacher == "ancestor":
+        ancestor = self.cfg.train.teacher == "ancestor"
+        if ancestor and self._ancestor_teacher is not None:  # the same for the whole run
+            return self._ancestor_teacher
+        if ancestor:
             model = copy.deepcopy(self.model)
             genome = self.run.load_generation(0, model, self.layers)
         else:
             model, genome = self.model, self.genome
         c = self._compact_or_none(model, genome)  # the masked network when compaction is off
         teacher = copy.deepcopy(c.model if c is not None else model).to(self.device).eval()
-        return teacher_scores(teacher, self.data.train, self.device) \
-            if self.data is not None else teacher
+        if self.data is not None:
+            teacher = teacher_scores(teacher, self.data.train, self.device)
+        if ancestor:
+            self._ancestor_teacher = teacher
+        return teacher
 
     def _costs(self, model: nn.Module, genome: Genome) -> dict[str, Any]:
         mc = self.cfg.measure
