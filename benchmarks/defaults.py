@@ -77,6 +77,8 @@ VARIANTS: dict[str, dict] = {
     }.items()},
     "2 offspring early": merge(_variant("filter", 0.85),
                                {"evolution": {"offspring": {"1": 2, "6": 1}}}),
+    "defaults, width 0.5": {"evolution": {"environment": {"width_exponent": 0.5}}},
+    "defaults, global": {"encoding": {"normalization": "global"}},
     "two parents": {"evolution": {"population": 2, "parents": 2, "offspring": 2}},
     "one parent": {"evolution": {"population": 1, "parents": 1, "offspring": 1}},
 }
