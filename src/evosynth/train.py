@@ -139,8 +139,9 @@ def soft_loss(out: torch.Tensor, y: torch.Tensor, teacher_scores: torch.Tensor,
     """Distillation: KL(teacher || student) of the temperature-softened class scores (class
     axis 1), summed over classes and averaged over examples and positions (per token for a
     sequence's scores)."""
-    target = F.softmax(teacher_scores.to(out.dtype) / cfg.temperature, dim=1)
-    log_p = F.log_softmax(class_scores(out, y) / cfg.temperature, dim=1)
+    scores = class_scores(out, y)
+    target = F.softmax(teacher_scores.to(scores.dtype) / cfg.temperature, dim=1)
+    log_p = F.log_softmax(scores / cfg.temperature, dim=1)
     kl = (F.kl_div(log_p, target, reduction="batchmean") if log_p.dim() == 2 else
           F.kl_div(log_p, target, reduction="none").sum(1).mean())
     return cfg.temperature ** 2 * kl
