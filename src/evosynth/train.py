@@ -134,13 +134,13 @@ def teacher_output(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torc
     return class_scores(call(teacher, x), y)
 
 
-def soft_loss(out: torch.Tensor, y: torch.Tensor, teacher_scores: torch.Tensor,
-              cfg: TrainConfig) -> torch.Tensor:
-    """Distillation: KL(teacher || student) of the temperature-softened class scores (class
-    axis 1), summed over classes and averaged over examples and positions (per token for a
-    sequence's scores)."""
+def soft_loss(out: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor, cfg: TrainConfig
+              ) -> torch.Tensor:
+    """Distillation: KL(teacher || student) of the temperature-softened class scores
+    (``teacher``: the teacher's, class axis 1), summed over classes and averaged over
+    examples and positions (per token for a sequence's scores)."""
     scores = class_scores(out, y)
-    target = F.softmax(teacher_scores.to(scores.dtype) / cfg.temperature, dim=1)
+    target = F.softmax(teacher.to(scores.dtype) / cfg.temperature, dim=1)
     log_p = F.log_softmax(scores / cfg.temperature, dim=1)
     kl = (F.kl_div(log_p, target, reduction="batchmean") if log_p.dim() == 2 else
           F.kl_div(log_p, target, reduction="none").sum(1).mean())
