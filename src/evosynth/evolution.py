@@ -155,26 +155,26 @@ class Evolution:
                       {k: v.cpu() for k, v in genome.masks.items()}, fit, parents)
 
     def _teacher(self) -> Teacher | None:
-        """The compact parent (or ancestor) whose soft targets an offspring learns from:
-        its class scores, looked up per batch where the data allow (``teacher_scores``).
-        Soft targets are class scores, so other tasks (detection) train on their own loss."""
-        if not self.cfg.train.distill or self.breeder.task.metric != "accuracy":
+        """The compact parent (or the ancestor, computed once per run) whose soft targets an
+        offspring learns from. Soft targets are class scores, so other tasks (detection)
+        train on their own loss."""
+        if not self.cfg.train.distill or self.task.metric != "accuracy":
             return None
-        ancestor = self.cfg.train.teacher == "ancestor"
-        if ancestor and self._ancestor_teacher is not None:  # the same for the whole run
-            return self._ancestor_teacher
-        if ancestor:
+        if self.cfg.train.teacher == "parent":
+            return self._scores(self.model, self.genome)
+        if self._ancestor_teacher is None:
             model = copy.deepcopy(self.model)
-            genome = self.run.load_generation(0, model, self.layers)
-        else:
-            model, genome = self.model, self.genome
+            self._ancestor_teacher = self._scores(
+                model, self.run.load_generation(0, model, self.layers))
+        return self._ancestor_teacher
+
+    def _scores(self, model: nn.Module, genome: Genome) -> Teacher:
+        """A teacher's class scores on the training set (``teacher_scores``), or the
+        compact network itself where they cannot be tabled (no data, augmentation)."""
         c = self._compact_or_none(model, genome)  # the masked network when compaction is off
         teacher = copy.deepcopy(c.model if c is not None else model).to(self.device).eval()
-        if self.data is not None:
-            teacher = teacher_scores(teacher, self.data.train, self.device)
-        if ancestor:
-            self._ancestor_teacher = teacher
-        return teacher
+        return teacher_scores(teacher, self.data.train, self.device) \
+            if self.data is not None else teacher
 
     def _costs(self, model: nn.Module, genome: Genome) -> dict[str, Any]:
         mc = self.cfg.measure
