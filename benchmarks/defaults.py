@@ -36,11 +36,22 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+# the defaults until the sixth round, which the earlier rounds' variants changed
+BEFORE_SIXTH = {"encoding": {"normalization": "budget"},
+                "evolution": {"environment": {"synapse_share": 0.5}}}
+
+
 def _variant(granularity: str, ease: float, width: float = 0.0, retire: int = 0,
              noise: float = 0.0) -> dict:
-    return {"encoding": {"granularity": granularity}, "train": {"distill": 0.0},
-            "evolution": {"environment": {"ease": ease, "width_exponent": width,
-                                          "retire": retire, "noise": noise}}}
+    return merge(BEFORE_SIXTH, {
+        "encoding": {"granularity": granularity}, "train": {"distill": 0.0},
+        "evolution": {"environment": {"ease": ease, "width_exponent": width,
+                                      "retire": retire, "noise": noise}}})
+
+
+def _sixth(normalization: str, synapse_share: float) -> dict:
+    return {"encoding": {"normalization": normalization},
+            "evolution": {"environment": {"synapse_share": synapse_share}}}
 
 
 VARIANTS: dict[str, dict] = {
@@ -48,8 +59,9 @@ VARIANTS: dict[str, dict] = {
     "own strength": {"encoding": {"strength": "own"}},
     "per-layer budget": {"encoding": {"normalization": "budget"}},
     "filter only": {"encoding": {"granularity": "filter"}},
-    "distill parent": {"train": {"distill": 0.5, "teacher": "parent"}},
-    "distill ancestor": {"train": {"distill": 0.5, "teacher": "ancestor"}},
+    "distill parent": merge(BEFORE_SIXTH, {"train": {"distill": 0.5, "teacher": "parent"}}),
+    "distill ancestor": merge(BEFORE_SIXTH, {"train": {"distill": 0.5,
+                                                       "teacher": "ancestor"}}),
     "2 offspring": {"evolution": {"population": 1, "parents": 1, "offspring": 2}},
     "3 epochs": {"train": {"epochs": 3}},
     "grow 2.0": {"evolution": {"environment": {"grow": 2.0}}},
@@ -77,8 +89,12 @@ VARIANTS: dict[str, dict] = {
     }.items()},
     "2 offspring early": merge(_variant("filter", 0.85),
                                {"evolution": {"offspring": {"1": 2, "6": 1}}}),
-    "defaults, width 0.5": {"evolution": {"environment": {"width_exponent": 0.5}}},
-    "defaults, global": {"encoding": {"normalization": "global"}},
+    # the fifth round's (over its defaults: distillation from the ancestor) and the sixth's
+    "defaults, width 0.5": merge(BEFORE_SIXTH,
+                                 {"evolution": {"environment": {"width_exponent": 0.5}}}),
+    "defaults, global": _sixth("global", 0.5),
+    "defaults, global, synapses 0.25": _sixth("global", 0.25),
+    "defaults, global, synapses 0": _sixth("global", 0.0),
     "two parents": {"evolution": {"population": 2, "parents": 2, "offspring": 2}},
     "one parent": {"evolution": {"population": 1, "parents": 1, "offspring": 1}},
 }

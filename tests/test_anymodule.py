@@ -42,7 +42,15 @@ def test_layernorm_width_is_a_boundary_and_compaction_stays_exact(tmp_path):
     is the masked one."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.LayerNorm(64), nn.GELU(), nn.Linear(64, 4))
-    res = evolve(model, tmp_path, "ln")
+    # its only filters are protected: by default (no synaptic pressure) nothing could
+    # evolve, which is refused in one line before anything is written
+    with pytest.raises(evosynth.UserError, match=r"nothing can evolve.*synapse_share"):
+        evolve(model, tmp_path, "refused")
+    assert not (tmp_path / "refused").exists()
+    res = evosynth.evolve(model, (X, Y), (X[:200], Y[:200]), run_dir=tmp_path / "ln",
+                          config={**CONFIG, "evolution": {
+                              **CONFIG["evolution"], "environment": {"synapse_share": 0.5}}},
+                          log=lambda s: None)
     assert res.run_dir.summary()["compaction"] == "exact"
     last = res.history[-1]
     assert last["layers"]["0"]["filters"] == 64  # the normalized width is whole

@@ -191,6 +191,9 @@ INPUT_CASES = {
     "schedule factors under the adaptive environment": (
         lambda t: (t / "c.yaml").write_text("encoding: {cluster_factor: 0.5}\n"),
         ["--config", "{tmp}/c.yaml"], "encoding.cluster_factor is a schedule setting"),
+    "the width rule under one network-wide budget": (
+        lambda t: (t / "c.yaml").write_text("evolution: {environment: {width_exponent: 0.5}}\n"),
+        ["--config", "{tmp}/c.yaml"], "set encoding.normalization: budget"),
     "ancestor weights not safetensors": (
         lambda t: (t / "w.pt").write_bytes(b"\x80\x04pickle"),
         [*QUICK, "--config", "{tmp}/c.yaml"], "w.pt is damaged"),

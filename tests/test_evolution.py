@@ -242,6 +242,32 @@ def test_adaptive_pressure_grows_while_the_floor_holds(tmp_path):
     assert hist[-1]["kernel_clusters"] < hist[0]["kernel_clusters"]
 
 
+def test_the_pressure_falls_on_clusters_and_the_synaptic_encoding_takes_it_on_synapses(
+        tmp_path):
+    """By default (synapse_share 0) a surviving neuron keeps every synapse that still has
+    an input; the synaptic encoding, which has no clusters, loses synapses at the pressure
+    itself."""
+    from evosynth.config import EnvironmentConfig
+    from evosynth.environment import factors
+
+    env = factors(EnvironmentConfig(), 0.2)
+    assert (env.cluster, env.synapse) == pytest.approx((0.8, 1.0))
+    assert factors(EnvironmentConfig(), 0.2, synaptic=True).synapse == pytest.approx(0.8)
+    runs = {}
+    for kind in ("cluster", "synaptic"):
+        cfg = adaptive(evolution={"generations": 1, "max_drop": None}, measure={"costs": False})
+        cfg = dataclasses.replace(cfg, encoding=dataclasses.replace(cfg.encoding, kind=kind))
+        runs[kind] = evosynth.run(cfg, tmp_path / kind, progress=False, log=lambda s: None)
+    masks = load_file(str(runs["cluster"].run_dir.generation_dir(1) / "masks.safetensors"))
+    alive = masks["fc1"].bool().any(1)
+    fc2 = masks["fc2"].bool()  # its live neurons read every live fc1 neuron, and no other
+    fc2 = fc2[fc2.any(1)]
+    assert alive.sum() < len(alive) and fc2.all(0).equal(alive) and fc2.any(0).equal(alive)
+    syn = runs["synaptic"].history
+    assert syn[1]["synapses"] < 0.9 * syn[0]["synapses"]
+    assert syn[1]["layers"]["fc1"]["filters"] == syn[0]["layers"]["fc1"]["filters"]
+
+
 def test_target_stops_the_run(tmp_path):
     cfg = adaptive(evolution={"generations": 10, "max_drop": None,
                               "target": {"kernel_clusters": 300}})

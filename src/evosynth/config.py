@@ -61,7 +61,7 @@ class EncodingConfig:
             "help": "kernel: conv kernel w[o,i], linear neuron; filter: w[o] in both; "
                     "filter+kernel: filters drawn first, then the kernels of the surviving "
                     "conv filters, then synapses"})
-    normalization: Literal["max", "budget", "global"] = field(default="budget", metadata={
+    normalization: Literal["max", "budget", "global"] = field(default="global", metadata={
         "help": "max: Z = max strength / ln 2 per layer (papers); budget: per layer, Z so "
                 "that the expected surviving fraction equals the factor; global: one Z for "
                 "the whole network's clusters (each layer's strengths divided by their mean), "
@@ -149,13 +149,17 @@ class EnvironmentConfig:
                 "the next generation to be harsher"})
     tries: Count = field(default=3, metadata={
         "help": "samplings of the parent per generation before a failed floor ends the run"})
-    synapse_share: Fraction = field(default=0.5, metadata={
-        "help": "synapses of surviving clusters die at this share of the pressure"})
+    synapse_share: Fraction = field(default=0.0, metadata={
+        "help": "synapses of surviving clusters die at this share of the pressure (0: the "
+                "pressure falls on clusters only, which is what dense hardware can skip; "
+                "0.5: sparser survivors for sparse kernels; the synaptic encoding's "
+                "synapses take the whole pressure)"})
     kernel_share: Fraction = field(default=0.5, metadata={
         "help": "filter+kernel: kernels of surviving filters die at this share"})
     width_exponent: Annotated[float, Field(ge=0)] = field(default=0.0, metadata={
         "help": "a layer wider than the geometric mean width g of the evolving layers feels "
-                "the pressure x (live filters / g) ** this, at most max_pressure (0: off)"})
+                "the pressure x (live filters / g) ** this, at most max_pressure (0: off; "
+                "needs per-layer budgets, encoding.normalization: budget)"})
     retire: Annotated[Int, Field(ge=0)] = field(default=2, metadata={
         "help": "layers a run may retire: when every try of a generation fails, the layer "
                 "whose cut cost the parent most validation score per filter lost stops "
@@ -343,7 +347,18 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise UserError(_one_line(exc, source)) from None
     _check_factors(cfg, source)
     _check_population(cfg, source)
+    _check_width(cfg, source)
     return cfg
+
+
+def _check_width(cfg: RunConfig, source: str) -> None:
+    """The width rule gives each layer its own cluster pressure, which one network-wide
+    budget would ignore: refused rather than half applied."""
+    env = cfg.evolution.environment
+    if env.kind == "adaptive" and env.width_exponent and cfg.encoding.normalization == "global":
+        raise UserError(f"{source}: evolution.environment.width_exponent sets each layer's "
+                        "own pressure, which encoding.normalization: global (one budget for "
+                        "the network) does not use; set encoding.normalization: budget")
 
 
 def _check_population(cfg: RunConfig, source: str) -> None:

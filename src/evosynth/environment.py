@@ -30,9 +30,12 @@ from .config import EnvironmentConfig
 from .encoding import Environment
 
 
-def factors(cfg: EnvironmentConfig, pressure: float, retired: Iterable[str] = ()
-            ) -> Environment:
-    return Environment(cluster=1 - pressure, synapse=1 - pressure * cfg.synapse_share,
+def factors(cfg: EnvironmentConfig, pressure: float, retired: Iterable[str] = (),
+            synaptic: bool = False) -> Environment:
+    """A generation's factors at ``pressure``. The synaptic encoding draws no clusters: its
+    synapses take the whole pressure, not ``synapse_share`` of it."""
+    share = 1.0 if synaptic else cfg.synapse_share
+    return Environment(cluster=1 - pressure, synapse=1 - pressure * share,
                        kernel=1 - pressure * cfg.kernel_share,
                        width_exponent=cfg.width_exponent, max_pressure=cfg.max_pressure,
                        retired=frozenset(retired))

@@ -81,6 +81,7 @@ class Evolution:
         self.layers, self.coupling = self.breeder.layers, self.breeder.coupling
         self.encoding, self.task = self.breeder.encoding, self.breeder.task
         self.val_key = f"val_{self.task.metric}"
+        self._check_something_evolves()
         self.history: list[dict[str, Any]] = []
         self.population: list[Parent] = []
         self.backend: Any = None
@@ -429,6 +430,18 @@ class Evolution:
         return (retries(env, self.pressure(g))
                 + retries(env, env.pressure) * self.retirements_left())
 
+    def _check_something_evolves(self) -> None:
+        """With the pressure on clusters only, a network whose every layer keeps its
+        filters (outputs, widths a normalization mixes) would go to the cap unchanged."""
+        env = self.cfg.evolution.environment
+        if (env.kind == "adaptive" and self.cfg.encoding.kind == "cluster"
+                and env.synapse_share == 0 and not self.evolving()):
+            raise UserError(
+                "nothing can evolve: every prunable layer keeps its filters (the output "
+                f"layer {self.encoding.output_layer!r} and the writers of a normalized "
+                "width) and evolution.environment.synapse_share is 0; set it above 0 to "
+                "thin their synapses, or name another encoding.output_layer")
+
     def evolving(self) -> list[str]:
         """The layers whose clusters the environment draws (not the protected ones)."""
         return [n for n in self.layers if not self.breeder.encoding.is_protected(n)]
@@ -458,7 +471,7 @@ class Evolution:
                     ) -> Environment:
         """The factors of generation ``g``'s ``attempt``-th try (adaptive mode)."""
         return env_factors(self.cfg.evolution.environment, self.pressures(g)[attempt],
-                           self.retired(rejected))
+                           self.retired(rejected), self.cfg.encoding.kind == "synaptic")
 
     def verdict(self, g: int, attempt: int, offspring: list[Parent],
                 rejected: list[dict[str, Any]]) -> dict[str, Any] | None:
