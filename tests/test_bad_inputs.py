@@ -194,6 +194,11 @@ INPUT_CASES = {
     "the width rule under one network-wide budget": (
         lambda t: (t / "c.yaml").write_text("evolution: {environment: {width_exponent: 0.5}}\n"),
         ["--config", "{tmp}/c.yaml"], "set encoding.normalization: budget"),
+    "per-layer cluster factors under one network-wide budget": (
+        lambda t: (t / "c.yaml").write_text(
+            "encoding: {layers: {fc1: {cluster: 0.5}}}\n"
+            "evolution: {environment: {kind: schedule}}\n"),
+        ["--config", "{tmp}/c.yaml"], "encoding.layers' cluster factors set each layer's"),
     "ancestor weights not safetensors": (
         lambda t: (t / "w.pt").write_bytes(b"\x80\x04pickle"),
         [*QUICK, "--config", "{tmp}/c.yaml"], "w.pt is damaged"),

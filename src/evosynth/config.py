@@ -347,18 +347,26 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise UserError(_one_line(exc, source)) from None
     _check_factors(cfg, source)
     _check_population(cfg, source)
-    _check_width(cfg, source)
+    _check_per_layer(cfg, source)
     return cfg
 
 
-def _check_width(cfg: RunConfig, source: str) -> None:
-    """The width rule gives each layer its own cluster pressure, which one network-wide
-    budget would ignore: refused rather than half applied."""
+def _check_per_layer(cfg: RunConfig, source: str) -> None:
+    """Per-layer cluster pressures (the width rule, per-layer cluster factors) mean nothing
+    under one network-wide budget: refused rather than half applied."""
     env = cfg.evolution.environment
-    if env.kind == "adaptive" and env.width_exponent and cfg.encoding.normalization == "global":
-        raise UserError(f"{source}: evolution.environment.width_exponent sets each layer's "
-                        "own pressure, which encoding.normalization: global (one budget for "
-                        "the network) does not use; set encoding.normalization: budget")
+    if cfg.encoding.normalization != "global":
+        return
+    if env.kind == "adaptive" and env.width_exponent:
+        what = "evolution.environment.width_exponent sets"
+    elif env.kind == "schedule" and any(f.cluster is not None
+                                        for f in cfg.encoding.layers.values()):
+        what = "encoding.layers' cluster factors set"
+    else:
+        return
+    raise UserError(f"{source}: {what} each layer's own cluster pressure, which "
+                    "encoding.normalization: global (one budget for the network) does not "
+                    "use; set encoding.normalization: budget")
 
 
 def _check_population(cfg: RunConfig, source: str) -> None:
