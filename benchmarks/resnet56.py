@@ -13,6 +13,7 @@ With --cifar-dir those configs run unchanged on CIFAR-10 (hours on a GPU).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -48,6 +49,12 @@ def main() -> None:
     ap.add_argument("--defaults", action="store_true",
                     help="evosynth's defaults plus a floor 1 point below the ancestor, "
                          "instead of the configs' schedules")
+    ap.add_argument("--set", default="{}",
+                    help="more settings as JSON of dotted keys, over the defaults or configs "
+                         "(e.g. '{\"evolution.environment.synapse_share\": 0.5}')")
+    ap.add_argument("--ancestor-weights", default=None,
+                    help="a trained ancestor (safetensors, same data and seed) instead of "
+                         "training one")
     args = ap.parse_args()
     out = Path(args.out)
     t_start = time.perf_counter()
@@ -71,6 +78,9 @@ def main() -> None:
                     f"(10% held out for validation), first {args.test_limit} test images")
         if args.defaults:  # the model and the data as above; everything else the defaults
             over.update({"model": name, "dataset": over.get("dataset", "cifar10")})
+        over.update(json.loads(args.set))
+        if args.ancestor_weights:
+            over["ancestor_weights"] = args.ancestor_weights
         cfg = load_config(None if args.defaults else CONFIGS[name], over)
         print(f"\n== {name}: {what}; {cfg.ancestor_train.epochs} ancestor epochs, "
               f"{cfg.train.epochs} per generation, {cfg.evolution.generations} generations",
