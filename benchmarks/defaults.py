@@ -36,9 +36,11 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-# the defaults until the sixth round, which the earlier rounds' variants changed
-BEFORE_SIXTH = {"encoding": {"normalization": "budget"},
-                "evolution": {"environment": {"synapse_share": 0.5}}}
+# the defaults until the seventh round (no synapse phase) and until the sixth, which the
+# earlier rounds' variants changed
+BEFORE_SEVENTH = {"evolution": {"environment": {"thin": False}}}
+BEFORE_SIXTH = merge(BEFORE_SEVENTH, {"encoding": {"normalization": "budget"},
+                                      "evolution": {"environment": {"synapse_share": 0.5}}})
 
 
 def _variant(granularity: str, ease: float, width: float = 0.0, retire: int = 0,
@@ -49,9 +51,9 @@ def _variant(granularity: str, ease: float, width: float = 0.0, retire: int = 0,
                                       "retire": retire, "noise": noise}}})
 
 
-def _sixth(normalization: str, synapse_share: float) -> dict:
+def _sixth(normalization: str, synapse_share: float, thin: bool = False) -> dict:
     return {"encoding": {"normalization": normalization},
-            "evolution": {"environment": {"synapse_share": synapse_share}}}
+            "evolution": {"environment": {"synapse_share": synapse_share, "thin": thin}}}
 
 
 VARIANTS: dict[str, dict] = {
@@ -95,6 +97,8 @@ VARIANTS: dict[str, dict] = {
     "defaults, global": _sixth("global", 0.5),
     "defaults, global, synapses 0.25": _sixth("global", 0.25),
     "defaults, global, synapses 0": _sixth("global", 0.0),
+    # the seventh round: then the synapse phase (the defaults)
+    "defaults, global, synapses 0, thin": _sixth("global", 0.0, thin=True),
     "two parents": {"evolution": {"population": 2, "parents": 2, "offspring": 2}},
     "one parent": {"evolution": {"population": 1, "parents": 1, "offspring": 1}},
 }

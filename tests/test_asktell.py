@@ -158,7 +158,20 @@ def test_a_layer_that_runs_out_of_room_retires_and_the_others_evolve_on(digits, 
         rec = syn.tell(cand, 0.9)
         assert rec["generation"] == gen and rec["environment"]["retired"] == [retired]
         parent = cand.masks
-    # no retirement left: a generation whose tries all fail ends the run, as before
+    # no retirement left: the clusters stay and the synapses evolve on (environment.thin)
+    assert syn.tell(syn.ask()[0], 0.5) is None
+    assert syn.evo.load_attempts(3)[-1]["then"] == "synapses"
+    thin = syn.ask()[0]
+    lost = {}
+    for n, m in thin.masks.items():
+        assert torch.equal(live_filters(m), live_filters(parent[n]))  # no filter drawn
+        assert not (m & ~parent[n]).any()  # a dead synapse stays dead
+        lost[n] = 1 - int(m.sum()) / int(parent[n].sum())
+    # one budget for the network, by magnitude: the wide layer's small weights go first
+    assert lost["1"] > 0.1 and lost["1"] > 2 * max(lost["3"], lost["5"])
+    rec = syn.tell(thin, 0.9)
+    assert rec["generation"] == 3 and rec["environment"]["phase"] == "synapses"
+    # in the synapse phase a generation whose tries all fail ends the run
     assert syn.tell(syn.ask()[0], 0.5)["meets_floor"] is False and syn.done
 
 

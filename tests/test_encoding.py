@@ -259,3 +259,37 @@ def test_a_retired_layer_loses_nothing_while_the_others_are_drawn(normalization,
     if normalization == "global":  # the shared budget: the live clusters of conv1 and fc1
         joint = torch.cat([probs["conv1"], probs["fc1"]])
         assert float(joint.mean()) == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("normalization", ["max", "budget", "global"])
+@pytest.mark.parametrize("granularity", ["filter", "filter+kernel"])
+def test_the_synapse_phase_draws_no_cluster_and_one_budget_of_synapses(normalization,
+                                                                      granularity):
+    """In the synapse phase (cluster factor 1) no filter or kernel is drawn under any
+    normalization (``max`` with a factor of 1 would still kill all but the strongest), a
+    retired layer's synapses evolve too, and the expected survivors over the whole network
+    are the factor, the small weights going first."""
+    from evosynth.config import EnvironmentConfig
+    from evosynth.encoding import Environment
+    from evosynth.environment import factors
+
+    model, layers, enc = lenet_and_encoding(granularity=granularity,
+                                            normalization=normalization)
+    w, m = weights_and_masks(model, layers)
+    env = factors(EnvironmentConfig(), 0.4, retired={"conv2"}, phase="synapses")
+    assert env == Environment(cluster=1.0, synapse=0.6, kernel=1.0, max_pressure=0.5,
+                              network_synapses=True)
+    out = enc.sample(w, m, 1, generator(0, "t"), env)
+    for name, mask in out.items():
+        view = cluster_view(mask, layers[name], "kernel")
+        assert bool(view.any(dim=1).all()), name  # no filter, kernel or neuron died whole
+        assert not (mask & ~m[name]).any()
+    assert out["conv2"].sum() < m["conv2"].sum()
+    kept = sum(int(out[n].sum()) for n in out) / sum(int(m[n].sum()) for n in m)
+    assert kept == pytest.approx(0.6, abs=0.01)
+    p = enc.network_synapse_probabilities(w, m, 0.6)
+    joint_p = torch.cat([p[n][m[n]] for n in layers])
+    joint_w = torch.cat([w[n].abs()[m[n]] for n in layers])
+    assert float(joint_p.mean()) == pytest.approx(0.6, abs=1e-6)
+    order = joint_w.argsort()
+    assert bool((joint_p[order].diff() >= -1e-12).all())  # monotone in |w| across layers

@@ -210,12 +210,13 @@ def test_the_controller_eases_only_for_a_shortfall_the_validation_set_can_see():
 def test_adaptive_run_retries_gentler_below_the_floor(tmp_path):
     """A floor the offspring can hardly hold: a generation whose offspring falls below it
     samples the parent again at `retreat` times the pressure, every try is recorded, and
-    the run ends only when the last try fails too (no layer may retire here; retiring is
-    tested in test_asktell and test_faults)."""
+    the run ends only when the last try fails too (no layer may retire here, nor the
+    synapse phase follow; both are tested in test_asktell and test_faults)."""
     from evosynth.environment import retries
 
     cfg = adaptive(evolution={"generations": 4, "max_drop": None, "min_accuracy": 0.9999,
-                              "environment": {"kind": "adaptive", "retire": 0}},
+                              "environment": {"kind": "adaptive", "retire": 0,
+                                              "thin": False}},
                    measure={"costs": False})
     res = evosynth.run(cfg, tmp_path / "r", progress=False, log=lambda s: None)
     env = cfg.evolution.environment

@@ -103,19 +103,22 @@ def test_resume_takes_the_recorded_thread_count(reference, tmp_path):
     assert "resuming with 1 threads" in r.stdout
 
 
-RETRY_CONFIG, RETIRE_CONFIG = (
+RETRY_CONFIG, RETIRE_CONFIG, THIN_CONFIG = (
     CONFIG.replace("max_drop: null", "max_drop: null, min_accuracy: 0.9999, "
-                   f"environment: {{retire: {n}}}") for n in (0, 1))
+                   f"environment: {{retire: {n}, thin: {thin}}}")
+    for n, thin in ((0, "false"), (1, "false"), (0, "true")))
 
 
 # ancestor: epochs 1-2; try 0: 3-6, try 1: 7-10, try 2: 11-14 (then, with retire, a layer
-# retires), try 3: 15-18, ...
+# retires; with thin, the synapse phase), try 3: 15-18, ...
 @pytest.mark.parametrize(("config", "kill_at", "tries", "retired"),
-                         [(RETRY_CONFIG, "epoch:7", 3, 0), (RETIRE_CONFIG, "epoch:16", 6, 1)])
+                         [(RETRY_CONFIG, "epoch:7", 3, 0), (RETIRE_CONFIG, "epoch:16", 6, 1),
+                          (THIN_CONFIG, "epoch:16", 6, 0)])
 def test_kill_between_retries_resumes_exactly(tmp_path, config, kill_at, tries, retired):
     """The adaptive environment samples the parent again below the floor (and, with
-    ``retire``, retires a layer after a round of failed tries); a kill in a later try
-    resumes with the earlier tries' records and gives the uninterrupted run."""
+    ``retire``, retires a layer after a round of failed tries, or with ``thin`` moves on to
+    the synapse phase); a kill in a later try resumes with the earlier tries' records and
+    gives the uninterrupted run."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(config)
     r = evosynth("evolve", "--config", cfg, "--out", tmp_path / "whole", "--no-progress")
@@ -123,6 +126,7 @@ def test_kill_between_retries_resumes_exactly(tmp_path, config, kill_at, tries, 
     tensors, history = contents(tmp_path / "whole")
     env = history[1]["environment"]
     assert env["tries"] == tries and len(env["retired"]) == retired
+    assert env["phase"] == ("synapses" if "thin: true" in config else "clusters")
     r = evosynth("evolve", "--config", cfg, "--out", tmp_path / "cut", "--no-progress",
                  kill_at=kill_at)
     assert r.returncode == -signal.SIGKILL

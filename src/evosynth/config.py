@@ -165,6 +165,11 @@ class EnvironmentConfig:
                 "whose cut cost the parent most validation score per filter lost stops "
                 "evolving and the generation is tried again without it (0: the run ends "
                 "there)"})
+    thin: bool = field(default=True, metadata={
+        "help": "when no try can lose clusters and hold the floor (and no layer is left to "
+                "retire), the clusters stay and the synapses evolve on: the pressure falls "
+                "on synapses alone, drawn network-wide by magnitude, until that fails too "
+                "(false: the run ends there; cluster encoding only)"})
 
 
 @dataclass

@@ -74,6 +74,13 @@ class Environment:
     max_pressure: float = 1.0  # no layer's pressure goes above it
     scale: Mapping[str, float] = field(default_factory=dict)  # per-layer pressure multiplier
     retired: frozenset[str] = frozenset()  # layers that no longer evolve (nothing dies)
+    network_synapses: bool = False  # synapses draw from one budget for the whole network
+
+    @property
+    def clusters_evolve(self) -> bool:
+        """False in the synapse phase (cluster factor 1): no filter, head or tied channel is
+        drawn, whatever the normalization."""
+        return self.cluster < 1
 
     def sized(self, widths: Mapping[str, int]) -> Environment:
         """Per-layer pressures for layers of ``widths`` live filters: a wide layer has more
@@ -220,13 +227,33 @@ class Encoding:
                               ) -> dict[str, torch.Tensor]:
         return {}
 
+    def network_synapse_probabilities(self, weights, masks, factor: float
+                                      ) -> dict[str, torch.Tensor]:
+        """Every layer's synapses against one budget, by raw magnitude (global magnitude
+        pruning's ranking): a wide layer's many small weights go before a narrow layer's
+        few large ones, as the layers' redundancy is."""
+        live = {n: masks[n].cpu() for n in self.layers}
+        joint = torch.cat([weights[n].detach().abs().cpu()[live[n]] for n in self.layers])
+        p_all = survival_probability(joint, factor, "budget")
+        out, at = {}, 0
+        for name in self.layers:
+            p = torch.zeros(live[name].shape, dtype=torch.float64)
+            n = int(live[name].sum())
+            p[live[name]] = p_all[at:at + n]
+            out[name] = p
+            at += n
+        return out
+
     def sample(self, weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                generation: int, generator: torch.Generator, env: Environment | None = None
                ) -> dict[str, torch.Tensor]:
         """Draw an offspring's masks. Draws happen on the CPU in a fixed layer order, so the
         same generator state gives the same offspring on any device."""
         env = self.sized(masks, env)
-        cluster_p = self.cluster_probabilities(weights, masks, generation, env)
+        cluster_p = ({} if env is not None and not env.clusters_evolve
+                     else self.cluster_probabilities(weights, masks, generation, env))
+        pooled = (self.network_synapse_probabilities(weights, masks, env.synapse)
+                  if env is not None and env.network_synapses else {})
         children, drawn = {}, {}
         for name in self.layers:
             parent = masks[name].cpu()
@@ -234,7 +261,8 @@ class Encoding:
                 children[name] = parent.clone()
                 continue
             f_s, _ = self.factors(name, generation, env)
-            p_syn = self.synapse_probability(weights[name], parent, f_s)
+            p_syn = (pooled[name] if pooled
+                     else self.synapse_probability(weights[name], parent, f_s))
             children[name] = parent & (torch.rand(parent.shape, generator=generator,
                                                   dtype=torch.float64) < p_syn)
             if name in cluster_p:
@@ -253,6 +281,8 @@ class Encoding:
                 child = _keep_synapse(child, masks[name].cpu(), weights[name])
             elif name in tied:
                 child = _keep_synapse(child, masks[name].cpu(), weights[name], tied[name])
+            elif pooled:
+                child = _keep_any(child, masks[name].cpu(), weights[name])
             out[name] = child
         for group, alive in heads:  # a head dies whole: q, k, v rows, output columns
             rows = group.rows(alive)
@@ -431,8 +461,10 @@ class ClusterEncoding(Encoding):
 
 
 def _frozen(env: Environment | None, names) -> bool:
-    """A tied channel or a head whose layers include a retired one does not evolve."""
-    return env is not None and any(n in env.retired for n in names)
+    """A tied channel or a head whose layers include a retired one does not evolve, nor
+    any in the synapse phase."""
+    return env is not None and (not env.clusters_evolve
+                                or any(n in env.retired for n in names))
 
 
 def _mean_normalized(s: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
@@ -473,6 +505,18 @@ def _keep_synapse(child: torch.Tensor, parent: torch.Tensor, weight: torch.Tenso
         lost &= rows
     for o in torch.nonzero(lost).flatten().tolist():
         rows_c[o, int(strength[o].argmax())] = True
+    return child
+
+
+def _keep_any(child: torch.Tensor, parent: torch.Tensor, weight: torch.Tensor
+              ) -> torch.Tensor:
+    """A layer that lost every synapse to a network-wide draw gets its strongest back: a
+    layer with none left would cut the network in two."""
+    if bool(child.any()) or not bool(parent.any()):
+        return child
+    child = child.clone()
+    strength = weight.detach().abs().cpu().masked_fill(~parent, -1)
+    child.view(-1)[int(strength.argmax())] = True
     return child
 
 

@@ -413,22 +413,42 @@ class Evolution:
             offspring = self._generation(g, n_offspring, None, 0, teacher)
             return self.keep(g, offspring, time.perf_counter() - t0)
         rejected = self.load_attempts(g)
-        pressures = self.pressures(g)
-        for attempt in range(len(rejected), len(pressures)):
+        env = None
+        while env is None:  # each failed try is appended to ``rejected``
+            attempt = len(rejected)
             offspring = self._generation(g, n_offspring, self.environment(g, attempt, rejected),
                                          attempt, teacher)
             env = self.verdict(g, attempt, offspring, rejected)
-            if env is not None:
-                break
         return self.keep(g, offspring, time.perf_counter() - t0, env)
 
-    def pressures(self, g: int) -> list[float]:
-        """Generation ``g``'s pressure for each try (adaptive mode): ``tries`` of them, and
-        ``tries`` more after each layer it may still retire, from the first generation's
-        pressure again (the layers left were not the ones failing)."""
+    def phase(self) -> str:
+        """``clusters``, or ``synapses`` once a generation was accepted in the synapse
+        phase (``environment.thin``)."""
+        return self.history[-1].get("environment", {}).get("phase", "clusters")
+
+    def thins(self) -> bool:
+        return (self.cfg.evolution.environment.thin and self.cfg.encoding.kind == "cluster"
+                and self.phase() == "clusters")
+
+    def pressures(self, g: int, rejected: list[dict[str, Any]] = ()
+                  ) -> list[tuple[float, str]]:
+        """Generation ``g``'s (pressure, phase) for each try (adaptive mode): ``tries`` of
+        them, and ``tries`` more after each layer it may still retire, from the first
+        generation's pressure again (the layers left were not the ones failing); then, with
+        ``thin``, ``tries`` in the synapse phase from that pressure (sooner when a round
+        ended with no layer to retire: the entry marked ``then``)."""
         env = self.cfg.evolution.environment
-        return (retries(env, self.pressure(g))
-                + retries(env, env.pressure) * self.retirements_left())
+        first = retries(env, self.pressure(g))
+        if self.phase() == "synapses":
+            return [(p, "synapses") for p in first]
+        out = [(p, "clusters")
+               for p in first + retries(env, env.pressure) * self.retirements_left()]
+        if not self.thins():
+            return out
+        cut = [i + 1 for i, r in enumerate(rejected) if r.get("then") == "synapses"]
+        if cut:
+            out = out[:cut[0]]
+        return out + [(p, "synapses") for p in retries(env, env.pressure)]
 
     def _check_something_evolves(self) -> None:
         """With the pressure on clusters only, a network whose every layer keeps its
@@ -470,31 +490,43 @@ class Evolution:
     def environment(self, g: int, attempt: int, rejected: list[dict[str, Any]]
                     ) -> Environment:
         """The factors of generation ``g``'s ``attempt``-th try (adaptive mode)."""
-        return env_factors(self.cfg.evolution.environment, self.pressures(g)[attempt],
-                           self.retired(rejected), self.cfg.encoding.kind == "synaptic")
+        pressure, phase = self.pressures(g, rejected)[attempt]
+        return env_factors(self.cfg.evolution.environment, pressure, self.retired(rejected),
+                           self.cfg.encoding.kind == "synaptic", phase)
 
     def verdict(self, g: int, attempt: int, offspring: list[Parent],
                 rejected: list[dict[str, Any]]) -> dict[str, Any] | None:
         """Adaptive mode: the try's environment record when its fittest holds the floor or
         no try is left; else None, the try recorded among ``rejected`` (and saved). The
-        last of a round of ``tries`` failed tries retires a layer (``blame.culprit``)."""
-        pressures = self.pressures(g)
-        p, best = pressures[attempt], select(offspring, 1)[0]
+        last of a round of ``tries`` failed tries retires a layer (``blame.culprit``) or,
+        with none to retire, moves the generation on to the synapse phase."""
+        pressures = self.pressures(g, rejected)
+        (p, phase), best = pressures[attempt], select(offspring, 1)[0]
         retired = self.retired(rejected)
-        record = {"pressure": p, "tries": attempt + 1, "rejected": rejected,
+        record = {"pressure": p, "phase": phase, "tries": attempt + 1, "rejected": rejected,
                   "retired": sorted(retired)}
         if best.fitness.value >= self.floor() or attempt == len(pressures) - 1:
             return record
-        entry = {"pressure": p, self.val_key: best.fitness.value, "synapses": best.synapses}
-        if (attempt + 1) % self.cfg.evolution.environment.tries == 0:
-            parent = {m.id: m for m in self.population}[best.parents[0]]
-            suspects = [n for n in self.evolving() if n not in retired]
-            layer = culprit(self.breeder, parent, best.masks, suspects)
-            if layer is None or not self.room_left(parent, set(suspects) - {layer}):
+        entry = {"pressure": p, "phase": phase, self.val_key: best.fitness.value,
+                 "synapses": best.synapses}
+        if phase == "clusters" and (attempt + 1) % self.cfg.evolution.environment.tries == 0:
+            layer = None
+            if pressures[attempt + 1][1] == "clusters":  # a retirement round is left
+                parent = {m.id: m for m in self.population}[best.parents[0]]
+                suspects = [n for n in self.evolving() if n not in retired]
+                layer = culprit(self.breeder, parent, best.masks, suspects)
+                if layer is not None and not self.room_left(parent, set(suspects) - {layer}):
+                    layer = None
+            if layer is not None:
+                entry["retired"] = layer
+                self.log(f"gen {g}: no try held the floor; {layer} retires (its cut alone "
+                         "cost the parent most) and the others evolve on")
+            elif self.thins():
+                entry["then"] = "synapses"
+                self.log(f"gen {g}: no try held the floor and no layer is left to retire; "
+                         "the clusters stay and the synapses evolve on")
+            else:
                 return record
-            entry["retired"] = layer
-            self.log(f"gen {g}: no try held the floor; {layer} retires (its cut alone cost "
-                     "the parent most) and the others evolve on")
         rejected.append(entry)
         self.save_attempts(g, rejected)
         return None
