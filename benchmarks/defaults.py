@@ -97,8 +97,11 @@ VARIANTS: dict[str, dict] = {
     "defaults, global": _sixth("global", 0.5),
     "defaults, global, synapses 0.25": _sixth("global", 0.25),
     "defaults, global, synapses 0": _sixth("global", 0.0),
-    # the seventh round: then the synapse phase (the defaults)
+    # the seventh round: then the synapse phase (the defaults); synapses under pressure in
+    # one network-wide budget (the sixth round's "global" variants had per-layer budgets)
     "defaults, global, synapses 0, thin": _sixth("global", 0.0, thin=True),
+    "defaults, thin, synapses 0.5 network": _sixth("global", 0.5, thin=True),
+    "defaults, thin, synapses 0.25 network": _sixth("global", 0.25, thin=True),
     "two parents": {"evolution": {"population": 2, "parents": 2, "offspring": 2}},
     "one parent": {"evolution": {"population": 1, "parents": 1, "offspring": 1}},
 }

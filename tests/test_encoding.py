@@ -293,3 +293,25 @@ def test_the_synapse_phase_draws_no_cluster_and_one_budget_of_synapses(normaliza
     assert float(joint_p.mean()) == pytest.approx(0.6, abs=1e-6)
     order = joint_w.argsort()
     assert bool((joint_p[order].diff() >= -1e-12).all())  # monotone in |w| across layers
+
+
+@pytest.mark.parametrize("normalization", ["budget", "global"])
+def test_synapses_under_the_global_budget_go_by_magnitude_across_layers(normalization):
+    """With ``synapse_share`` above 0, per-layer budgets thin a narrow layer of large weights
+    as much as a wide one; under ``global`` the synapses of surviving filters share one
+    budget by magnitude, so conv1's few large weights keep what fc1's many small ones lose."""
+    from evosynth.encoding import Environment
+
+    model, layers, enc = lenet_and_encoding(granularity="filter", normalization=normalization)
+    w, m = weights_and_masks(model, layers)
+    out = enc.sample(w, m, 1, generator(0, "t"), Environment(cluster=0.9, synapse=0.6,
+                                                             kernel=1.0))
+
+    def lost(name):  # the share of synapses lost inside the filters that survived
+        alive = out[name].reshape(out[name].shape[0], -1).any(dim=1)
+        return 1 - float(out[name][alive].float().mean())
+
+    if normalization == "global":
+        assert lost("conv1") < 0.05 and lost("fc1") > 0.3
+    else:
+        assert lost("conv1") > 0.3 and lost("fc1") > 0.3

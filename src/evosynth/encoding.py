@@ -198,8 +198,9 @@ class Encoding:
 
     @property
     def per_layer(self) -> str:
-        """The normalization of draws made layer by layer (synapses, tied channels): a
-        network-wide budget applies to clusters only, synapses keep per-layer budgets."""
+        """The normalization of draws made layer by layer (tied channels, heads, synapses
+        in schedule mode): under ``global`` they keep per-layer budgets; clusters, and
+        synapses under pressure in adaptive mode (``pools_synapses``), share one."""
         return "budget" if self.cfg.normalization == "global" else self.cfg.normalization
 
     @property
@@ -227,16 +228,24 @@ class Encoding:
                               ) -> dict[str, torch.Tensor]:
         return {}
 
-    def network_synapse_probabilities(self, weights, masks, factor: float
+    def pools_synapses(self, env: Environment) -> bool:
+        """Synapses draw from one budget for the network in the synapse phase, and under
+        ``normalization: global`` whenever they feel pressure."""
+        return env.network_synapses or (self.cfg.normalization == "global"
+                                        and env.synapse < 1)
+
+    def network_synapse_probabilities(self, weights, masks, factor: float,
+                                      retired: frozenset[str] = frozenset()
                                       ) -> dict[str, torch.Tensor]:
-        """Every layer's synapses against one budget, by raw magnitude (global magnitude
-        pruning's ranking): a wide layer's many small weights go before a narrow layer's
-        few large ones, as the layers' redundancy is."""
-        live = {n: masks[n].cpu() for n in self.layers}
-        joint = torch.cat([weights[n].detach().abs().cpu()[live[n]] for n in self.layers])
+        """Every evolving layer's synapses against one budget, by raw magnitude (global
+        magnitude pruning's ranking): a wide layer's many small weights go before a narrow
+        layer's few large ones, as the layers' redundancy is."""
+        names = [n for n in self.layers if n not in retired]
+        live = {n: masks[n].cpu() for n in names}
+        joint = torch.cat([weights[n].detach().abs().cpu()[live[n]] for n in names])
         p_all = survival_probability(joint, factor, "budget")
         out, at = {}, 0
-        for name in self.layers:
+        for name in names:
             p = torch.zeros(live[name].shape, dtype=torch.float64)
             n = int(live[name].sum())
             p[live[name]] = p_all[at:at + n]
@@ -252,8 +261,8 @@ class Encoding:
         env = self.sized(masks, env)
         cluster_p = ({} if env is not None and not env.clusters_evolve
                      else self.cluster_probabilities(weights, masks, generation, env))
-        pooled = (self.network_synapse_probabilities(weights, masks, env.synapse)
-                  if env is not None and env.network_synapses else {})
+        pooled = (self.network_synapse_probabilities(weights, masks, env.synapse, env.retired)
+                  if env is not None and self.pools_synapses(env) else {})
         children, drawn = {}, {}
         for name in self.layers:
             parent = masks[name].cpu()
