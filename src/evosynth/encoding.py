@@ -290,7 +290,7 @@ class Encoding:
                 child = _keep_synapse(child, masks[name].cpu(), weights[name])
             elif name in tied:
                 child = _keep_synapse(child, masks[name].cpu(), weights[name], tied[name])
-            elif pooled:
+            elif env is not None and not env.clusters_evolve:  # the synapse phase
                 child = _keep_any(child, masks[name].cpu(), weights[name])
             out[name] = child
         for group, alive in heads:  # a head dies whole: q, k, v rows, output columns
@@ -519,8 +519,9 @@ def _keep_synapse(child: torch.Tensor, parent: torch.Tensor, weight: torch.Tenso
 
 def _keep_any(child: torch.Tensor, parent: torch.Tensor, weight: torch.Tensor
               ) -> torch.Tensor:
-    """A layer that lost every synapse to a network-wide draw gets its strongest back: a
-    layer with none left would cut the network in two."""
+    """In the synapse phase (no cluster drawn), a layer that lost every synapse to the
+    network-wide draw gets its strongest back: a layer with none left would cut the
+    network in two."""
     if bool(child.any()) or not bool(parent.any()):
         return child
     child = child.clone()
