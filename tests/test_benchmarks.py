@@ -33,3 +33,20 @@ def test_compare_quick(tmp_path):
     assert "| method |" in (tmp_path / "compare.md").read_text()
     page = (tmp_path / "compare.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "torch-pruning (Taylor)" in page
+    # a method's steps of one dense shape share one time (IMP removes no filter)
+    imp = by["magnitude (torch prune)"]
+    assert len({(x["macs"], x["latency_ms"]) for x in imp}) == len({x["macs"] for x in imp})
+
+
+def test_steps_of_one_shape_share_the_median_time():
+    """Many timings of one network shape, each noisy, must not hand the method that has
+    many of them the luckiest one."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare import one_time_per_shape
+
+    rows = [{"method": "ancestor", "macs": 100, "filters": 10, "latency_ms": 8.0}]
+    rows += [{"method": "a", "macs": 10, "filters": 3, "latency_ms": ms} for ms in (1, 2, 9)]
+    rows += [{"method": "b", "macs": 10, "filters": 3, "latency_ms": 4.0}]
+    one_time_per_shape(rows)
+    assert [r["latency_ms"] for r in rows] == [8.0, 2, 2, 2, 4.0]
+    assert [r["speedup"] for r in rows] == [1.0, 4.0, 4.0, 4.0, 2.0]
