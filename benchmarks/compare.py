@@ -111,22 +111,6 @@ class Bench:
             row["latency_ms"] = ms
         one_time_per_shape(self.rows)
 
-
-def one_time_per_shape(rows: list[dict]) -> None:
-    """A method's steps with one dense shape (same MACs and filters: evosynth's synapse
-    phase, a peer that removed nothing) share the median of their times. Each timing is
-    noisy; the best speed-up over many steps of one shape would flatter the method that
-    has many."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["method"], row["macs"], row["filters"]), []).append(row)
-    for group in groups.values():
-        ms = statistics.median(r["latency_ms"] for r in group)
-        for row in group:
-            row["latency_ms"] = ms
-    for row in rows:
-        row["speedup"] = rows[0]["latency_ms"] / row["latency_ms"]
-
     def finetune(self, model: nn.Module, step: int, name: str) -> None:
         """The offspring's training recipe, distillation included: a peer learns from the
         ancestor's soft targets whenever evosynth's offspring learn from a teacher, so that
@@ -142,6 +126,22 @@ def one_time_per_shape(rows: list[dict]) -> None:
             self._teacher = teacher_scores(copy.deepcopy(self.ancestor), self.data.train,
                                            self.device)
         return self._teacher
+
+
+def one_time_per_shape(rows: list[dict]) -> None:
+    """A method's steps with one dense shape (same MACs and filters: evosynth's synapse
+    phase, a peer that removed nothing) share the median of their times. Each timing is
+    noisy; the best speed-up over many steps of one shape would flatter the method that
+    has many."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["macs"], row["filters"]), []).append(row)
+    for group in groups.values():
+        ms = statistics.median(r["latency_ms"] for r in group)
+        for row in group:
+            row["latency_ms"] = ms
+    for row in rows:
+        row["speedup"] = rows[0]["latency_ms"] / row["latency_ms"]
 
 
 def unstructured(bench: Bench, steps: int, keep: float, method: str, random: bool) -> None:
