@@ -74,7 +74,6 @@ class Environment:
     max_pressure: float = 1.0  # no layer's pressure goes above it
     scale: Mapping[str, float] = field(default_factory=dict)  # per-layer pressure multiplier
     retired: frozenset[str] = frozenset()  # layers that no longer evolve (nothing dies)
-    network_synapses: bool = False  # synapses draw from one budget for the whole network
 
     @property
     def clusters_evolve(self) -> bool:
@@ -200,7 +199,7 @@ class Encoding:
     def per_layer(self) -> str:
         """The normalization of draws made layer by layer (tied channels, heads, synapses
         in schedule mode): under ``global`` they keep per-layer budgets; clusters, and
-        synapses under pressure in adaptive mode (``pools_synapses``), share one."""
+        synapses under pressure in adaptive mode, share one."""
         return "budget" if self.cfg.normalization == "global" else self.cfg.normalization
 
     @property
@@ -227,12 +226,6 @@ class Encoding:
     def cluster_probabilities(self, weights, masks, generation, env
                               ) -> dict[str, torch.Tensor]:
         return {}
-
-    def pools_synapses(self, env: Environment) -> bool:
-        """Synapses draw from one budget for the network in the synapse phase, and under
-        ``normalization: global`` whenever they feel pressure."""
-        return env.network_synapses or (self.cfg.normalization == "global"
-                                        and env.synapse < 1)
 
     def network_synapse_probabilities(self, weights, masks, factor: float,
                                       retired: frozenset[str] = frozenset()
@@ -262,7 +255,8 @@ class Encoding:
         cluster_p = ({} if env is not None and not env.clusters_evolve
                      else self.cluster_probabilities(weights, masks, generation, env))
         pooled = (self.network_synapse_probabilities(weights, masks, env.synapse, env.retired)
-                  if env is not None and self.pools_synapses(env) else {})
+                  if env is not None and env.synapse < 1
+                  and self.cfg.normalization == "global" else {})
         children, drawn = {}, {}
         for name in self.layers:
             parent = masks[name].cpu()

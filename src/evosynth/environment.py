@@ -20,10 +20,10 @@ resumed run continues exactly):
   were not the ones failing). A network's layers do not run out of room at the same time;
   this lets the others go on after one of them has;
 - when clusters can no longer die (no try held, no layer left to retire), the run enters
-  its synapse phase (``thin``): the clusters stay, and the synapses of the whole network,
-  drawn by magnitude against one budget, take the pressure, from the first generation's
-  again, under the same law, until no try holds. What dense hardware skips is settled
-  by then; this thins what sparse kernels and storage skip.
+  its synapse phase (``thin``): the clusters stay, and the synapses of the whole network
+  (under ``global``, drawn by magnitude against one budget) take the pressure, from the
+  first generation's again, under the same law, until no try holds. What dense hardware
+  skips is settled by then; this thins what sparse kernels and storage skip.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ def factors(cfg: EnvironmentConfig, pressure: float, retired: Iterable[str] = ()
             synaptic: bool = False, phase: str = "clusters") -> Environment:
     """A generation's factors at ``pressure``. The synaptic encoding draws no clusters: its
     synapses take the whole pressure, not ``synapse_share`` of it. In the ``synapses``
-    phase no cluster dies (factor 1) and the synapses of every layer, retired or not, draw
-    from one network-wide budget."""
+    phase no cluster dies (factor 1) and the synapses of every layer, retired or not, take
+    the whole pressure."""
     if phase == "synapses":
         return Environment(cluster=1.0, synapse=1 - pressure, kernel=1.0,
-                           max_pressure=cfg.max_pressure, network_synapses=True)
+                           max_pressure=cfg.max_pressure)
     share = 1.0 if synaptic else cfg.synapse_share
     return Environment(cluster=1 - pressure, synapse=1 - pressure * share,
                        kernel=1 - pressure * cfg.kernel_share,
