@@ -155,7 +155,7 @@ def test_a_layer_that_runs_out_of_room_retires_and_the_others_evolve_on(digits, 
         assert torch.equal(live_filters(cand.masks[retired]), live_filters(parent[retired]))
         assert torch.equal(cand.masks[retired][:, fed], parent[retired][:, fed])
         assert cand.masks[other].sum() < parent[other].sum()
-        rec = syn.tell(cand, 0.9)
+        rec = syn.tell(cand, 0.9 if gen == 1 else 0.892)  # the second spends the reserve
         assert rec["generation"] == gen and rec["environment"]["retired"] == [retired]
         parent = cand.masks
     # no retirement left: the clusters stay and the synapses evolve on (environment.thin)
@@ -169,8 +169,13 @@ def test_a_layer_that_runs_out_of_room_retires_and_the_others_evolve_on(digits, 
         lost[n] = 1 - int(m.sum()) / int(parent[n].sum())
     # one budget for the network, by magnitude: the wide layer's small weights go first
     assert lost["1"] > 0.1 and lost["1"] > 2 * max(lost["3"], lost["5"])
-    rec = syn.tell(thin, 0.9)
+    rec = syn.tell(thin, 0.892)
     assert rec["generation"] == 3 and rec["environment"]["phase"] == "synapses"
+    # it lost nothing against its parent: the next environment is harsher, reserve or not
+    env = syn.evo.cfg.evolution.environment
+    assert syn.evo.pressures(4)[0] == (
+        pytest.approx(min(rec["environment"]["pressure"] * env.grow, env.max_pressure)),
+        "synapses")
     # in the synapse phase a generation whose tries all fail ends the run
     assert syn.tell(syn.ask()[0], 0.5)["meets_floor"] is False and syn.done
 

@@ -205,6 +205,11 @@ def test_the_controller_eases_only_for_a_shortfall_the_validation_set_can_see():
     assert next_pressure(env, 0.2, 0.6, error) == pytest.approx(0.3)  # kept: harsher
     quiet = EnvironmentConfig(grow=1.5, ease=0.5, headroom=0.5, noise=0.0)
     assert next_pressure(quiet, 0.2, 0.25, error) == pytest.approx(0.1)
+    # the synapse phase, its reserve spent: what the offspring lost against its parent
+    assert next_pressure(env, 0.2, 0.1, error, cost=0.5) == pytest.approx(0.3)  # unseen
+    assert next_pressure(env, 0.2, 0.1, error, cost=-0.2) == pytest.approx(0.3)  # gained
+    assert next_pressure(env, 0.2, 0.1, 0.1, cost=0.5) == pytest.approx(0.1)  # a real loss
+    assert next_pressure(quiet, 0.2, 0.1, error, cost=0.01) == pytest.approx(0.1)
 
 
 def test_adaptive_run_retries_gentler_below_the_floor(tmp_path):

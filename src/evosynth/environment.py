@@ -23,7 +23,11 @@ resumed run continues exactly):
   its synapse phase (``thin``): the clusters stay, and the synapses of the whole network
   (under ``global``, drawn by magnitude against one budget) take the pressure, from the
   first generation's again, under the same law, until no try holds. What dense hardware
-  skips is settled by then; this thins what sparse kernels and storage skip.
+  skips is settled by then; this thins what sparse kernels and storage skip. The phase
+  begins with the reserve spent (that is why clusters stopped), so a reserve could only
+  hold the pressure at its minimum there: in it, an offspring that lost nothing measurable
+  against its parent (the shortfall within ``noise`` standard errors) also makes the next
+  environment harsher.
 """
 
 from __future__ import annotations
@@ -68,10 +72,12 @@ def standard_error(value: float, n: int) -> float:
 
 
 def next_pressure(cfg: EnvironmentConfig, pressure: float, reserve: float,
-                  error: float = 0.0) -> float:
+                  error: float = 0.0, cost: float | None = None) -> float:
     """The pressure after an accepted generation that kept ``reserve`` (``headroom``), its
-    score's standard error ``error`` in the same units (a share of the allowed drop)."""
-    if reserve >= cfg.headroom:
+    score's standard error ``error`` in the same units (a share of the allowed drop).
+    ``cost`` (synapse phase): what it lost against its parent, in the same units; a cost
+    within ``noise`` standard errors of nothing also makes the next environment harsher."""
+    if reserve >= cfg.headroom or (cost is not None and cost <= cfg.noise * error):
         return min(pressure * cfg.grow, cfg.max_pressure)
     if reserve + cfg.noise * error >= cfg.headroom:
         return pressure  # short of the headroom by less than the noise: hold

@@ -388,7 +388,19 @@ class Evolution:
         anc, floor = self.history[0][self.val_key], self.floor()
         reserve = headroom(last[self.val_key], floor, anc)
         error = self.val_error(last[self.val_key]) / (anc - floor) if anc > floor else 0.0
-        return next_pressure(env, last["environment"]["pressure"], reserve, error)
+        parent = self.parent_score(last)
+        cost = None
+        if last["environment"].get("phase") == "synapses" and parent is not None:
+            cost = (parent - last[self.val_key]) / (anc - floor) if anc > floor else 0.0
+        return next_pressure(env, last["environment"]["pressure"], reserve, error, cost)
+
+    def parent_score(self, rec: dict[str, Any]) -> float | None:
+        """The best validation score among ``rec``'s parents (None if none is recorded)."""
+        scores = {r["id"]: r[self.val_key] for r in self.history if "id" in r}
+        scores.update({o["id"]: o[self.val_key] for r in self.history
+                       for o in r.get("offspring", ())})
+        known = [scores[p] for p in rec.get("parents", ()) if p in scores]
+        return max(known) if known else None
 
     def val_error(self, value: float) -> float:
         """The standard error of a validation accuracy (0 for another metric, without
