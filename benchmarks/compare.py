@@ -2,7 +2,7 @@
 floor and the same training budget, in one run.
 
     python benchmarks/compare.py [--data-dir ../shared/data/mnist] [--out runs/compare]
-        [--max-drop 0.002] [--seed 0] [--ancestor-weights W]
+        [--max-drop 0.002] [--seed 0] [--ancestor-weights W] [--jobs 2]
     python benchmarks/compare.py --quick        # tiny: digits (the test suite runs it)
 
 evosynth runs with its defaults plus a floor (validation accuracy >= the ancestor's minus
@@ -21,6 +21,9 @@ round-robin (one forward of each network per round, 30 rounds, median) so that w
 else the machine does weighs on all methods alike. The summary gives each method's best step
 at >= 99.0% and >= 98.5% test accuracy counting every step (the first below the floor
 included), then at >= 99.0% counting only the steps that held the validation floor.
+With ``--jobs N`` the peers run N at a time, each in a process with 1/N of the threads
+(at least one): a peer is one process's sequence of steps, so its rows are those of a
+sequential run at that thread count (evosynth runs first, alone, as always).
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -199,6 +204,48 @@ def structured(bench: Bench, steps: int, ratio: float, criterion: str) -> None:
             break
 
 
+KEEP = 0.7  # IMP removes 30% of what lives per step: 0.7^16 ~ 300x after 16 steps
+PEERS = [*IMPORTANCES, "magnitude (torch prune)", "random (control)"]
+
+
+def run_peer(bench: Bench, peer: str, steps: int, quick: bool) -> None:
+    if peer in IMPORTANCES:
+        structured(bench, steps, ratio=0.97 if not quick else 0.3, criterion=peer)
+    else:
+        unstructured(bench, steps, KEEP, peer, random=peer.startswith("random"))
+
+
+def peer_process(over: dict, ancestor: Path, base: dict, floor: float, peer: str, steps: int,
+                 quick: bool, threads: int) -> tuple[list[dict], list[nn.Module]]:
+    """One peer in a worker process: the same data (same seed), ancestor and floor as the
+    main process's bench, its rows and compact networks sent back."""
+    torch.set_num_threads(threads)
+    cfg = load_config(None, over)
+    model, data = evosynth.build(cfg)
+    RunDir(ancestor).load_generation(0, model, prunable_layers(model))
+    bench = Bench(data, model, cfg, torch.device("cpu"), repeats=3 if quick else 30)
+    bench.base, bench.floor = base, floor
+    run_peer(bench, peer, steps, quick)
+    return bench.rows, bench.models
+
+
+def peers(bench: Bench, over: dict, ancestor: Path, steps: int, quick: bool, jobs: int
+          ) -> None:
+    """Every peer, ``jobs`` at a time; rows in PEERS order whatever finishes first."""
+    if jobs <= 1:
+        for peer in PEERS:
+            run_peer(bench, peer, steps, quick)
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(peer_process, over, ancestor, bench.base, bench.floor, peer,
+                               steps, quick, threads) for peer in PEERS]
+        for future in futures:
+            rows, models = future.result()
+            bench.rows += rows
+            bench.models += models
+
+
 def evolutionary(bench: Bench, weights: Path, out: Path, over: dict, max_drop: float) -> int:
     """evosynth with its defaults plus the floor; returns the epochs it trained."""
     cfg = load_config(None, {**over, "ancestor_weights": str(weights), "measure.costs": False,
@@ -282,6 +329,8 @@ def main() -> None:
     ap.add_argument("--ancestor-weights", default=None,
                     help="a trained ancestor (safetensors, trained on the same split) "
                          "instead of training one here")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="peers run at once, each in a process with 1/jobs of the threads")
     args = ap.parse_args()
     out = Path(args.out)
     over = {"model": "lenet5", "dataset": "mnist", "data_dir": args.data_dir, "seed": args.seed}
@@ -305,11 +354,7 @@ def main() -> None:
     steps = max(1, epochs // cfg.train.epochs)
     print(f"budget: {epochs} epochs = {steps} steps x {cfg.train.epochs} epochs per method",
           flush=True)
-    for criterion in IMPORTANCES:
-        structured(bench, steps, ratio=0.97 if not args.quick else 0.3, criterion=criterion)
-    keep = 0.7  # IMP removes 30% of what lives per step: 0.7^16 ~ 300x after 16 steps
-    unstructured(bench, steps, keep, "magnitude (torch prune)", random=False)
-    unstructured(bench, steps, keep, "random (control)", random=True)
+    peers(bench, over, out / "ancestor", steps, args.quick, args.jobs)
     bench.remeasure()
     total = time.perf_counter() - t_start
     table = markdown_table(bench.rows, COLUMNS)

@@ -38,7 +38,12 @@ def main() -> None:
     ap.add_argument("--cifar-dir", default=None,
                     help="CIFAR-10 binary release: run the configs at full length on it")
     ap.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--train-limit", type=int, default=4000)
+    ap.add_argument("--train-limit", type=int, default=4000,
+                    help="training images before a 10%% validation split (3,600 train)")
+    ap.add_argument("--val-images", type=int, default=400,
+                    help="validation images: the first train-limit + (this - 10%% of it) "
+                         "training images are split so that 90%% of train-limit still train "
+                         "(400: the plain 10%% split; more for a floor that can see 1 point)")
     ap.add_argument("--test-limit", type=int, default=2000)
     ap.add_argument("--ancestor-epochs", type=int, default=None,
                     help="default: 15 for resnet56, 30 for alexnet-cifar (no BatchNorm: slower)")
@@ -67,15 +72,18 @@ def main() -> None:
             over.update({"data_dir": args.cifar_dir})
             what = "CIFAR-10, the config at full length"
         else:
+            train = round(args.train_limit * 0.9)
+            pool = train + args.val_images
             over.update({
                 "dataset": "mnist", "data_dir": args.data_dir,
-                "data": {"size": 32, "channels": 3, "train_limit": args.train_limit,
+                "val_fraction": args.val_images / pool,
+                "data": {"size": 32, "channels": 3, "train_limit": pool,
                          "test_limit": args.test_limit, "augment": "none"},
                 "ancestor_train.epochs": args.ancestor_epochs or ANCESTOR_EPOCHS[name],
                 "train.epochs": args.epochs, "evolution.generations": args.generations,
                 "evolution.max_drop": 0.01 if args.defaults else 1.0})  # 1.0: no floor
-            what = (f"MNIST digits as 32x32 RGB, first {args.train_limit} training images "
-                    f"(10% held out for validation), first {args.test_limit} test images")
+            what = (f"MNIST digits as 32x32 RGB, first {pool} training images ({train} "
+                    f"train, {args.val_images} validation), first {args.test_limit} test images")
         if args.defaults:  # the model and the data as above; everything else the defaults
             over.update({"model": name, "dataset": over.get("dataset", "cifar10")})
         over.update(json.loads(args.set))

@@ -1,6 +1,7 @@
 """The side-by-side benchmark's quick mode runs end to end and writes its table and plot."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,12 +9,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_compare_quick(tmp_path):
+def quick_compare(out: Path, *args: str) -> list[dict]:
+    """The quick side-by-side run at one thread a process (the same sums in any layout)."""
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick",
-                        "--out", str(tmp_path)], capture_output=True, text=True, check=False,
-                       timeout=600)
+                        "--out", str(out), *args], capture_output=True, text=True,
+                       check=False, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = json.loads((tmp_path / "compare.json").read_text())
+    return json.loads((out / "compare.json").read_text())
+
+
+def test_compare_quick(tmp_path):
+    rows = quick_compare(tmp_path)
     methods = {row["method"] for row in rows}
     assert methods == {"ancestor", "evosynth (defaults)", "magnitude (torch prune)",
                        "torch-pruning (L1 magnitude)", "torch-pruning (L2 group norm)",
@@ -36,6 +42,11 @@ def test_compare_quick(tmp_path):
     # a method's steps of one dense shape share one time (IMP removes no filter)
     imp = by["magnitude (torch prune)"]
     assert len({(x["macs"], x["latency_ms"]) for x in imp}) == len({x["macs"] for x in imp})
+    # the peers run two at a time (--jobs 2): every row as in the sequential run, in order
+    par = quick_compare(tmp_path / "jobs", "--jobs", "2")
+    keys = ("method", "step", "val_accuracy", "test_accuracy", "synapses", "kernel_clusters",
+            "macs", "synaptic_efficiency", "cluster_efficiency")
+    assert [[r[k] for k in keys] for r in par] == [[r[k] for k in keys] for r in rows]
 
 
 def test_steps_of_one_shape_share_the_median_time():

@@ -168,7 +168,8 @@ class EnvironmentConfig:
     thin: bool = field(default=True, metadata={
         "help": "when no try can lose clusters and hold the floor (and no layer is left to "
                 "retire), the clusters stay and the synapses evolve on: the pressure falls "
-                "on synapses alone (under global, one budget by magnitude) until that fails "
+                "on synapses alone (under global, one budget by magnitude), growing while "
+                "offspring lose nothing measurable against their parent, until that fails "
                 "too (false: the run ends there; cluster encoding only)"})
 
 
