@@ -76,7 +76,7 @@ def main() -> None:
             pool = train + args.val_images
             over.update({
                 "dataset": "mnist", "data_dir": args.data_dir,
-                "val_fraction": args.val_images / pool,
+                "evolution.val_fraction": args.val_images / pool,
                 "data": {"size": 32, "channels": 3, "train_limit": pool,
                          "test_limit": args.test_limit, "augment": "none"},
                 "ancestor_train.epochs": args.ancestor_epochs or ANCESTOR_EPOCHS[name],
