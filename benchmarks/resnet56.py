@@ -41,9 +41,9 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=4000,
                     help="training images before a 10%% validation split (3,600 train)")
     ap.add_argument("--val-images", type=int, default=400,
-                    help="validation images: the first train-limit + (this - 10%% of it) "
-                         "training images are split so that 90%% of train-limit still train "
-                         "(400: the plain 10%% split; more for a floor that can see 1 point)")
+                    help="validation images, held out at random from the first "
+                         "0.9 x train-limit + this training images, so that as many train "
+                         "(400: the plain 10%% split; more: a floor that can see 1 point)")
     ap.add_argument("--test-limit", type=int, default=2000)
     ap.add_argument("--ancestor-epochs", type=int, default=None,
                     help="default: 15 for resnet56, 30 for alexnet-cifar (no BatchNorm: slower)")
