@@ -215,15 +215,21 @@ def run_peer(bench: Bench, peer: str, steps: int, quick: bool) -> None:
         unstructured(bench, steps, KEEP, peer, random=peer.startswith("random"))
 
 
-def peer_process(over: dict, ancestor: Path, base: dict, floor: float, peer: str, steps: int,
-                 quick: bool, threads: int) -> tuple[list[dict], list[nn.Module]]:
-    """One peer in a worker process: the same data (same seed), ancestor and floor as the
-    main process's bench, its rows and compact networks sent back."""
-    torch.set_num_threads(threads)
+def make_bench(over: dict, ancestor: Path, quick: bool) -> Bench:
+    """The data (split by the seed in ``over``) and the ancestor of the run in
+    ``ancestor``: the same in the main process and in every peer's."""
     cfg = load_config(None, over)
     model, data = evosynth.build(cfg)
     RunDir(ancestor).load_generation(0, model, prunable_layers(model))
-    bench = Bench(data, model, cfg, torch.device("cpu"), repeats=3 if quick else 30)
+    return Bench(data, model, cfg, torch.device("cpu"), repeats=3 if quick else 30)
+
+
+def peer_process(over: dict, ancestor: Path, base: dict, floor: float, peer: str, steps: int,
+                 quick: bool, threads: int) -> tuple[list[dict], list[nn.Module]]:
+    """One peer in a worker process: the same data, ancestor and floor as the main
+    process's bench, its rows and compact networks sent back."""
+    torch.set_num_threads(threads)
+    bench = make_bench(over, ancestor, quick)
     bench.base, bench.floor = base, floor
     run_peer(bench, peer, steps, quick)
     return bench.rows, bench.models
@@ -343,11 +349,10 @@ def main() -> None:
     anc_run = evosynth.run(cfg, out / "ancestor", force=True, progress=False,
                            log=lambda s: None)
     weights = RunDir(out / "ancestor").weights_path(0)
-    cfg = load_config(None, over)
-    model, data = evosynth.build(cfg)
-    model.load_state_dict(anc_run.best_model.state_dict())
-    bench = Bench(data, model, cfg, torch.device("cpu"), repeats=3 if args.quick else 30)
-    bench.measure("ancestor", 0, copy.deepcopy(model), anc_run.history[0]["wall_seconds"])
+    bench = make_bench(over, out / "ancestor", args.quick)
+    cfg = bench.cfg
+    bench.measure("ancestor", 0, copy.deepcopy(bench.ancestor),
+                  anc_run.history[0]["wall_seconds"])
     bench.floor = anc_run.history[0]["val_accuracy"] - args.max_drop
     print(f"machine: {machine()}\nfloor: validation >= {bench.floor:.2%}", flush=True)
     epochs = evolutionary(bench, weights, out, over, args.max_drop)
