@@ -104,6 +104,9 @@ VARIANTS: dict[str, dict] = {
     "defaults, thin, synapses 0.25 network": _sixth("global", 0.25, thin=True),
     "two parents": {"evolution": {"population": 2, "parents": 2, "offspring": 2}},
     "one parent": {"evolution": {"population": 1, "parents": 1, "offspring": 1}},
+    # the ninth round: a gentler climb (evosynth spent its allowed drop by generation 6)
+    "max pressure 0.3": {"evolution": {"environment": {"max_pressure": 0.3}}},
+    "grow 1.25": {"evolution": {"environment": {"grow": 1.25}}},
 }
 COLUMNS = (("variant", "variant", "{}"), ("gen", "generation", "{}"),
            ("val %", "val_accuracy", "{:.2%}"), ("test %", "test_accuracy", "{:.2%}"),

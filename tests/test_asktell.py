@@ -126,6 +126,25 @@ def test_a_told_score_below_the_floor_is_asked_again_in_a_gentler_environment(di
     assert syn.done and syn.ask() == []
 
 
+@pytest.mark.parametrize(("granularity", "room"),
+                         [("filter", False), ("kernel", True), ("filter+kernel", True)])
+def test_room_is_counted_in_the_clusters_the_encoding_draws(digits, tmp_path, granularity,
+                                                            room):
+    """A layer may retire only while the layers left can lose one drawn cluster per
+    generation at the gentlest pressure (5%): 13 filters are 0.65 expected deaths whatever
+    the 104 kernels behind them (a LeNet-5 run spent a generation removing nothing); at
+    kernel granularity the kernels are what is drawn, and under filter+kernel half of
+    them count (kernel_share)."""
+    x = digits[0]
+    net = nn.Sequential(nn.Conv2d(1, 8, 5, stride=4), nn.ReLU(), nn.Conv2d(8, 13, 3, stride=2),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(52, 10))
+    cfg = {"encoding": {"granularity": granularity}, "measure": {"costs": False}}
+    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
+    ancestor = syn.evo.population[0]
+    assert syn.evo.room_left(ancestor, {"2"}) is room
+    assert syn.evo.room_left(ancestor, {"0", "2"})  # 21 filters: 1.05 expected deaths
+
+
 def test_a_layer_that_runs_out_of_room_retires_and_the_others_evolve_on(digits, tmp_path):
     """environment.retire: when every try of a generation fails, the layer whose lost
     filters were each the largest share of it (no validation data in ask/tell: the
