@@ -107,6 +107,10 @@ VARIANTS: dict[str, dict] = {
     # the ninth round: a gentler climb (evosynth spent its allowed drop by generation 6)
     "max pressure 0.3": {"evolution": {"environment": {"max_pressure": 0.3}}},
     "grow 1.25": {"evolution": {"environment": {"grow": 1.25}}},
+    # the tenth round: survival by the order of the strengths, not their values
+    "rank": {"encoding": {"scale": "rank"}},
+    "rank, max pressure 0.3": {"encoding": {"scale": "rank"},
+                               "evolution": {"environment": {"max_pressure": 0.3}}},
 }
 COLUMNS = (("variant", "variant", "{}"), ("gen", "generation", "{}"),
            ("val %", "val_accuracy", "{:.2%}"), ("test %", "test_accuracy", "{:.2%}"),

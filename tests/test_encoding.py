@@ -174,6 +174,43 @@ def test_global_budget_sets_the_network_wide_share_with_one_scale():
     assert "fc2" not in probs  # the protected output layer draws no cluster
 
 
+def test_rank_scale_follows_the_order_of_strengths_however_close():
+    # a trained layer's cluster strengths lie close together (LeNet-5's fc1: +-20%)
+    x = 1 + 0.2 * torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    by_value = survival_probability(x, 0.7, "budget")
+    by_rank = survival_probability(x, 0.7, "budget", rank=True)
+    assert float(by_rank.mean()) == pytest.approx(0.7, abs=1e-6)  # the same budget
+    order = torch.argsort(x)
+    assert bool((torch.diff(by_rank[order]) >= -1e-12).all())
+    weakest, strong = order[:250], order[500:]
+    # by value the weakest quarter dies about half the time, and the strong half often;
+    # by rank the weakest quarter dies most of the time and the strong half hardly ever
+    assert float((1 - by_value[weakest]).mean()) < 0.6
+    assert float((1 - by_rank[weakest]).mean()) > 0.75
+    assert float((1 - by_value[strong]).mean()) > 0.1
+    assert float((1 - by_rank[strong]).mean()) < 0.02
+    # ties share a probability, a zero strength still never survives
+    tied = survival_probability(torch.tensor([0.0, 1.0, 1.0, 2.0]), 0.5, "budget", rank=True)
+    assert tied[0] == 0 and tied[1] == tied[2] < tied[3]
+
+
+def test_rank_scale_draws_the_network_budget_by_order():
+    model, layers, enc = lenet_and_encoding(granularity="filter", normalization="global",
+                                            cluster_factor=0.6, scale="rank")
+    w, m = weights_and_masks(model, layers)
+    probs = enc.cluster_probabilities(w, m, 1, None)
+    joint = torch.cat([probs[n] for n in ("conv1", "conv2", "fc1")])
+    assert float(joint.mean()) == pytest.approx(0.6, abs=1e-6)
+    x = torch.cat([enc.strengths(n, w, m) / enc.strengths(n, w, m).mean()
+                   for n in ("conv1", "conv2", "fc1")])
+    # one increasing function of the network-wide quantile: the bottom fifth never lives
+    # and the top half always does at this factor
+    order = torch.argsort(x)
+    assert bool((torch.diff(joint[order]) >= -1e-12).all())
+    n = len(x)
+    assert float(joint[order[: n // 5]].max()) < float(joint[order[n // 2:]].min())
+
+
 def test_group_strength_sees_the_synapses_that_read_a_filter():
     model, layers, enc = lenet_and_encoding(coupled=True, granularity="filter",
                                             strength="group")
@@ -277,7 +314,7 @@ def test_the_synapse_phase_draws_no_cluster_and_one_budget_of_synapses(normaliza
                                             normalization=normalization)
     w, m = weights_and_masks(model, layers)
     env = factors(EnvironmentConfig(), 0.4, retired={"conv2"}, phase="synapses")
-    assert env == Environment(cluster=1.0, synapse=0.6, kernel=1.0, max_pressure=0.5)
+    assert env == Environment(cluster=1.0, synapse=0.6, kernel=1.0, max_pressure=0.3)
     out = enc.sample(w, m, 1, generator(0, "t"), env)
     for name, mask in out.items():
         view = cluster_view(mask, layers[name], "kernel")

@@ -70,6 +70,10 @@ class EncodingConfig:
         "help": "cluster strength of a filter: own: the sum of its own |w|; group: its own "
                 "synapses, the synapses that read its channel downstream and its BatchNorm "
                 "scale, each divided by its layer's mean (Torch-Pruning's group importance)"})
+    scale: Literal["value", "rank"] = field(default="value", metadata={
+        "help": "how a cluster's strength enters exp(x / Z) - 1: value: the strength "
+                "itself (papers); rank: its quantile among the clusters drawn together, so "
+                "survival follows their order however close their strengths lie"})
     kernel_factor: FactorSpec = field(default=0.9, metadata={
         "help": "filter+kernel: the factor for kernels inside surviving filters"})
     synapse_factor: FactorSpec = field(default=0.7, metadata={
@@ -127,7 +131,7 @@ class EnvironmentConfig:
                 "falls when they lose it; schedule: the encoding's (per-layer) factors"})
     pressure: Annotated[float, Field(gt=0, lt=1)] = field(default=0.15, metadata={
         "help": "first generation's pressure: the expected share of live clusters to die"})
-    max_pressure: Annotated[float, Field(gt=0, lt=1)] = field(default=0.5, metadata={
+    max_pressure: Annotated[float, Field(gt=0, lt=1)] = field(default=0.3, metadata={
         "help": "the harshest environment"})
     min_pressure: Annotated[float, Field(gt=0, lt=1)] = field(default=0.05, metadata={
         "help": "the gentlest environment (retries repeat it rather than go below)"})

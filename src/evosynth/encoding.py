@@ -28,17 +28,31 @@ from .heads import HeadGroup, live_heads
 _BISECT_STEPS = 100
 
 
-def survival_probability(strength: torch.Tensor, factor: float, normalization: str
-                         ) -> torch.Tensor:
+def strength_ranks(strength: torch.Tensor) -> torch.Tensor:
+    """Each item's quantile among the items drawn together, in (0, 1] (ties share the
+    highest; a zero strength stays 0): survival then follows the order of the strengths
+    however close their values lie."""
+    x = strength.detach().to(torch.float64).cpu()
+    if x.numel() == 0:
+        return x
+    q = torch.searchsorted(x.sort().values, x, right=True).to(torch.float64) / x.numel()
+    return torch.where(x > 0, q, torch.zeros_like(q))
+
+
+def survival_probability(strength: torch.Tensor, factor: float, normalization: str,
+                         rank: bool = False) -> torch.Tensor:
     """Probabilities for the live items of one layer (synapses or clusters), in float64.
 
     ``max``: ``Z = max / ln 2`` so the strongest item survives with probability ``factor``.
     ``budget``: ``Z`` chosen by bisection so that the mean probability equals ``factor``;
     the mean falls monotonically as ``Z`` grows, which makes bisection exact enough.
+    ``rank``: the strengths enter as their quantiles (``strength_ranks``).
     """
     x = strength.detach().to(torch.float64).cpu()
     if x.numel() == 0:
         return x
+    if rank:
+        x = strength_ranks(x)
     top = float(x.max())
     if top <= 0:  # all-zero strengths carry no information: nothing can be preferred
         return torch.full_like(x, factor if normalization == "budget" else 0.0)
@@ -201,6 +215,11 @@ class Encoding:
         in schedule mode): under ``global`` they keep per-layer budgets; clusters, and
         synapses under pressure in adaptive mode, share one."""
         return "budget" if self.cfg.normalization == "global" else self.cfg.normalization
+
+    @property
+    def rank(self) -> bool:
+        """Cluster strengths enter the survival function as quantiles (``scale: rank``)."""
+        return self.cfg.scale == "rank"
 
     @property
     def protected(self) -> set[str]:
@@ -367,13 +386,14 @@ class ClusterEncoding(Encoding):
                 continue
             factor = self.factors(name, generation, env)[1]
             p = torch.zeros(live.shape, dtype=torch.float64)
-            p[live] = survival_probability(s[live], factor, self.cfg.normalization)
+            p[live] = survival_probability(s[live], factor, self.cfg.normalization,
+                                           self.rank)
             out[name] = p
         if pool:
             factor = env.cluster if env is not None else factor_at(self.cfg.cluster_factor,
                                                                    generation)
             joint = torch.cat([s[live] for s, live in pool.values()])
-            p_all = survival_probability(joint, factor, "budget")
+            p_all = survival_probability(joint, factor, "budget", self.rank)
             at = 0
             for name, (_, live) in pool.items():
                 p = torch.zeros(live.shape, dtype=torch.float64)
@@ -394,7 +414,7 @@ class ClusterEncoding(Encoding):
         strength = cluster_view(weight.detach().abs().cpu() * parent, layer,
                                 "kernel").sum(dim=1).to(torch.float64)
         p = torch.zeros(live.shape, dtype=torch.float64)
-        p[live] = survival_probability(strength[live], factor, "budget")
+        p[live] = survival_probability(strength[live], factor, "budget", self.rank)
         drawn = torch.rand(p.shape, generator=generator, dtype=torch.float64) < p
         per_filter = drawn.reshape(layer.shape[0], layer.shape[1])
         per_filter |= _strongest(p.reshape(layer.shape[0], layer.shape[1])) & ~per_filter.any(
@@ -427,7 +447,7 @@ class ClusterEncoding(Encoding):
             else:
                 p[live] = survival_probability(
                     strength[live], self.factors(writers[0].module, generation, env)[1],
-                    self.per_layer)
+                    self.per_layer, self.rank)
             alive = torch.rand(group.channels, generator=generator, dtype=torch.float64) < p
             for m in writers:
                 drawn[m.module][m.idxs] = alive[m.root]
@@ -456,7 +476,7 @@ class ClusterEncoding(Encoding):
             else:
                 p[live] = survival_probability(strength[live],
                                                self.factors(group.q, generation, env)[1],
-                                               self.per_layer)
+                                               self.per_layer, self.rank)
             alive = _keep_one(torch.rand(group.heads, generator=generator,
                                          dtype=torch.float64) < p, p)
             out.append((group, alive & live))
