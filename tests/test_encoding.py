@@ -194,21 +194,24 @@ def test_rank_scale_follows_the_order_of_strengths_however_close():
     assert tied[0] == 0 and tied[1] == tied[2] < tied[3]
 
 
-def test_rank_scale_draws_the_network_budget_by_order():
+@pytest.mark.parametrize("scale", ["value", "rank"])
+def test_rank_scale_draws_the_network_budget_by_order(scale):
     model, layers, enc = lenet_and_encoding(granularity="filter", normalization="global",
-                                            cluster_factor=0.6, scale="rank")
+                                            cluster_factor=0.6, scale=scale)
     w, m = weights_and_masks(model, layers)
     probs = enc.cluster_probabilities(w, m, 1, None)
     joint = torch.cat([probs[n] for n in ("conv1", "conv2", "fc1")])
     assert float(joint.mean()) == pytest.approx(0.6, abs=1e-6)
     x = torch.cat([enc.strengths(n, w, m) / enc.strengths(n, w, m).mean()
                    for n in ("conv1", "conv2", "fc1")])
-    # one increasing function of the network-wide quantile: the bottom fifth never lives
-    # and the top half always does at this factor
     order = torch.argsort(x)
-    assert bool((torch.diff(joint[order]) >= -1e-12).all())
-    n = len(x)
-    assert float(joint[order[: n // 5]].max()) < float(joint[order[n // 2:]].min())
+    assert bool((torch.diff(joint[order]) >= -1e-12).all())  # one increasing function
+    # the network's weakest 40% of clusters carry this share of the expected deaths: by
+    # value hardly more than their number (the strengths of a fresh network lie close),
+    # by rank most of them
+    deaths = 1 - joint[order]
+    weakest = float(deaths[: int(0.4 * len(x))].sum() / deaths.sum())
+    assert weakest > 0.7 if scale == "rank" else weakest < 0.5
 
 
 def test_group_strength_sees_the_synapses_that_read_a_filter():
