@@ -157,21 +157,29 @@ def test_synaptic_encoding_draws_no_clusters():
     assert all(bool(child[n].all()) for n in layers)
 
 
+def network_draw_by_strength(enc, w, m, factor):
+    """LeNet-5's evolving clusters' survival probabilities under the global budget, weakest
+    first (by mean-normalized strength), checked to spend ``factor`` and to rise with
+    strength."""
+    probs = enc.cluster_probabilities(w, m, 1, None)
+    joint = torch.cat([probs[n] for n in ("conv1", "conv2", "fc1")])
+    assert float(joint.mean()) == pytest.approx(factor, abs=1e-6)
+    x = torch.cat([enc.strengths(n, w, m) / enc.strengths(n, w, m).mean()
+                   for n in ("conv1", "conv2", "fc1")])
+    joint = joint[torch.argsort(x)]
+    assert bool((torch.diff(joint) >= -1e-12).all())
+    return joint
+
+
 def test_global_budget_sets_the_network_wide_share_with_one_scale():
     model, layers, enc = lenet_and_encoding(granularity="filter", normalization="global",
                                             cluster_factor=0.6, synapse_factor=1.0)
     w, m = weights_and_masks(model, layers)
     with torch.no_grad():  # make conv2's filters far more uneven than fc1's neurons
         w["conv2"].mul_(torch.linspace(0.01, 3, 50).view(-1, 1, 1, 1))
-    probs = enc.cluster_probabilities(w, m, 1, None)
-    joint = torch.cat([probs[n] for n in ("conv1", "conv2", "fc1")])
-    assert float(joint.mean()) == pytest.approx(0.6, abs=1e-6)
     # one Z for all: survival is one increasing function of the mean-normalized strength
-    x = torch.cat([enc.strengths(n, w, m) / enc.strengths(n, w, m).mean()
-                   for n in ("conv1", "conv2", "fc1")])
-    order = torch.argsort(x)
-    assert bool((torch.diff(joint[order]) >= -1e-12).all())
-    assert "fc2" not in probs  # the protected output layer draws no cluster
+    network_draw_by_strength(enc, w, m, 0.6)
+    assert "fc2" not in enc.cluster_probabilities(w, m, 1, None)  # the protected output
 
 
 def test_rank_scale_follows_the_order_of_strengths_however_close():
@@ -199,18 +207,11 @@ def test_rank_scale_draws_the_network_budget_by_order(scale):
     model, layers, enc = lenet_and_encoding(granularity="filter", normalization="global",
                                             cluster_factor=0.6, scale=scale)
     w, m = weights_and_masks(model, layers)
-    probs = enc.cluster_probabilities(w, m, 1, None)
-    joint = torch.cat([probs[n] for n in ("conv1", "conv2", "fc1")])
-    assert float(joint.mean()) == pytest.approx(0.6, abs=1e-6)
-    x = torch.cat([enc.strengths(n, w, m) / enc.strengths(n, w, m).mean()
-                   for n in ("conv1", "conv2", "fc1")])
-    order = torch.argsort(x)
-    assert bool((torch.diff(joint[order]) >= -1e-12).all())  # one increasing function
+    deaths = 1 - network_draw_by_strength(enc, w, m, 0.6)
     # the network's weakest 40% of clusters carry this share of the expected deaths: by
     # value hardly more than their number (the strengths of a fresh network lie close),
     # by rank most of them
-    deaths = 1 - joint[order]
-    weakest = float(deaths[: int(0.4 * len(x))].sum() / deaths.sum())
+    weakest = float(deaths[: int(0.4 * len(deaths))].sum() / deaths.sum())
     assert weakest > 0.7 if scale == "rank" else weakest < 0.5
 
 
