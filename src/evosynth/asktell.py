@@ -28,6 +28,7 @@ from .evolution import Evolution, select
 from .genome import apply_param_masks
 from .inputs import as_inputs
 from .rundir import RunDir
+from .seeding import module_device
 
 
 @dataclass
@@ -60,7 +61,8 @@ class Synthesis:
     (higher is better, e.g. accuracy), ``test`` its test score if you have one (reported,
     never used for selection). ``config`` as for ``evolve``; its ``train`` and
     ``ancestor_train`` sections are yours to honour, the rest applies. ``example`` may be a
-    tuple or dict of tensors for a model of several inputs.
+    tuple or dict of tensors for a model of several inputs. With ``device: auto`` (the
+    default) the candidates live where ``model`` does, since your loop trains them.
     """
 
     def __init__(self, model: nn.Module, example: Any, fitness: float,
@@ -68,6 +70,8 @@ class Synthesis:
                  run_dir: str | Path | None = None, force: bool = False,
                  log: Callable[[str], None] = print, _resume: bool = False):
         cfg = config if isinstance(config, RunConfig) else validate(dict(config or {}))
+        if cfg.device == "auto":
+            cfg = dataclasses.replace(cfg, device=str(module_device(model)))
         example = as_inputs(example)
         if example is None:
             raise UserError("example: expected a batch of the model's inputs (a tensor, or a "
@@ -139,7 +143,9 @@ class Synthesis:
             population = {p.id: p for p in evo.population}
             for job in evo.jobs(g, n, env, self._attempt):
                 child, genome = evo.breeder.sample([population[i] for i in job.parents], job)
-                pm = evo.coupling.param_masks(child, genome.masks)
+                pm = {n: m.to(evo.device)  # sampled on the CPU; trained where asked
+                      for n, m in evo.coupling.param_masks(child, genome.masks).items()}
+                child = child.to(evo.device)
                 self._asked[job.k] = Candidate(job.id, child, genome.masks, pm, job.parents,
                                                job)
             self._told = evo.load_progress(g, self._attempt, n)  # told before a resume

@@ -25,6 +25,7 @@ from .folding import add_bias, fold_delta
 from .genome import Genome, apply_param_masks, weight_masks
 from .heads import live_heads
 from .inputs import as_double, call, map_tensors, probe_like
+from .seeding import module_device
 
 CONST_TOL = 1e-6
 EXACT_RTOL = 1e-6  # compact vs masked outputs in float64, relative to the output's scale
@@ -118,7 +119,7 @@ def compact(model: nn.Module, example_input: torch.Tensor,
             masks: dict[str, torch.Tensor] | None = None, exclude: tuple[str, ...] = ()
             ) -> Compacted:
     """A compact copy of ``model`` (masked by ``masks``, else by its zeros); ``model`` itself
-    is left alone. ``example_input`` is a batch on the model's device. Exact, or a
+    is left alone. ``example_input`` is a batch of its inputs, on any device. Exact, or a
     ``CompactionError`` saying why: a failure inside the graph surgery (an op Torch-Pruning
     shrinks in a way the model's own code does not expect) is one too."""
     try:
@@ -135,6 +136,8 @@ def compact(model: nn.Module, example_input: torch.Tensor,
 def _compact(model: nn.Module, example_input: torch.Tensor,
              masks: dict[str, torch.Tensor] | None, exclude: tuple[str, ...]) -> Compacted:
     net = copy.deepcopy(model).eval()
+    device = module_device(net)
+    example_input = map_tensors(example_input, lambda t: t.to(device))
     layers = prunable_layers(net, exclude)
     if masks is not None:  # the masks name the evolved layers (a run's `exclude` left out)
         layers = {n: layer for n, layer in layers.items() if n in masks}

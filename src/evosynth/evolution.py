@@ -39,7 +39,7 @@ from .mating import choose_parents
 from .progress import Mode, RunProgress
 from .report import format_record
 from .rundir import RunDir
-from .seeding import generator, resolve_device
+from .seeding import generator, module_device, resolve_device
 from .tasks import CLASSIFICATION
 from .train import Teacher, teacher_scores
 
@@ -50,6 +50,9 @@ HISTORY_KEYS = ("generation", "metric", "synapses", "kernel_clusters", "filters"
 
 @dataclass
 class EvolutionResult:
+    """A run's records and its best network, handed back on the device the ancestor came
+    on (the CPU for a registry model), whatever device the run trained on."""
+
     history: list[dict[str, Any]]
     best_generation: int
     best_model: nn.Module
@@ -70,6 +73,7 @@ class Evolution:
             else progress
         self._observer: RunProgress | None = None
         self.device = resolve_device(cfg.device)
+        self.home = module_device(model)  # where the result goes back to, as it came
         if self.device.type == "cuda":  # cuDNN's fastest kernels differ run to run
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         if data is not None:
@@ -618,7 +622,7 @@ class Evolution:
 
     def result(self) -> EvolutionResult:
         best_g = self.summary()["best_generation"]
-        model = copy.deepcopy(self.model)
+        model = copy.deepcopy(self.model).to(self.home)
         genome = self.run.load_generation(best_g, model, self.layers)
         return EvolutionResult(self.history, best_g, model, genome, self.run)
 

@@ -8,8 +8,10 @@ exactly what the uninterrupted one did.
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import torch
+from torch import nn
 
 from .errors import UserError
 
@@ -34,3 +36,9 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but CUDA is not available")
     return dev
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """Where a model's tensors live (the CPU for a model that holds none)."""
+    t = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return t.device if t is not None else torch.device("cpu")

@@ -132,11 +132,12 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
-    """Greedy non-maximum suppression: indices kept, best score first."""
+    """Greedy non-maximum suppression: indices kept, best score first. The greedy loop runs
+    on the CPU wherever the boxes are (on a GPU each step would wait for the device)."""
     order = torch.argsort(scores, descending=True)
-    overlaps = box_iou(boxes[order], boxes[order])
+    overlaps = box_iou(boxes[order], boxes[order]).cpu()
     keep = torch.ones(len(order), dtype=torch.bool)
     for i in range(len(order)):
         if keep[i]:
             keep[i + 1:] &= overlaps[i, i + 1:] <= iou
-    return order[keep]
+    return order[keep.to(order.device)]
