@@ -111,6 +111,8 @@ VARIANTS: dict[str, dict] = {
     "rank": {"encoding": {"scale": "rank"}},
     "rank, max pressure 0.3": {"encoding": {"scale": "rank"},
                                "evolution": {"environment": {"max_pressure": 0.3}}},
+    # the eleventh round: layers retired early evolve again once nothing else can
+    "revisit": {"evolution": {"environment": {"revisit": True}}},
 }
 COLUMNS = (("variant", "variant", "{}"), ("gen", "generation", "{}"),
            ("val %", "val_accuracy", "{:.2%}"), ("test %", "test_accuracy", "{:.2%}"),

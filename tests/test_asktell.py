@@ -199,6 +199,43 @@ def test_a_layer_that_runs_out_of_room_retires_and_the_others_evolve_on(digits, 
     assert syn.tell(syn.ask()[0], 0.5)["meets_floor"] is False and syn.done
 
 
+def test_a_layer_retired_early_evolves_again_once_nothing_else_can(digits, tmp_path):
+    """environment.revisit: when a generation has no layer left to retire, the layers
+    retired in earlier generations evolve again for one more round, once per run."""
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32),
+                        nn.ReLU(), nn.Linear(32, 10))
+    fit(net, x, y, 2)
+    cfg = {"evolution": {"generations": 6, "max_drop": 0.01, "environment": {
+        "tries": 1, "retire": 1, "pressure": 0.3, "revisit": True}},
+        "measure": {"costs": False}}
+    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
+    assert syn.tell(syn.ask()[0], 0.5) is None  # generation 1: "3" retires
+    assert syn.tell(syn.ask()[0], 0.9)["environment"]["retired"] == ["3"]
+    assert syn.evo.revisitable() == ["3"]
+    assert syn.tell(syn.ask()[0], 0.892)["environment"]["retired"] == ["3"]  # generation 2
+    parent = syn.evo.population[0].masks
+    # generation 3: its only try fails, no retirement is left: "3" comes back
+    assert syn.tell(syn.ask()[0], 0.5) is None
+    assert syn.evo.load_attempts(3)[-1]["revisit"] == ["3"]
+    cand = syn.ask()[0]
+    assert syn.evo.pressures(3, syn.evo.load_attempts(3))[1][1] == "clusters"
+    again = evosynth.Synthesis.resume(net, x[:8], tmp_path / "r", log=lambda s: None).ask()[0]
+    assert all(torch.equal(again.masks[n], cand.masks[n]) for n in cand.masks)  # resumes
+    assert live_filters(cand.masks["3"]).sum() < live_filters(parent["3"]).sum()
+    rec = syn.tell(cand, 0.9)
+    assert rec["environment"]["retired"] == [] and rec["environment"]["revisited"]
+    assert syn.evo.revisitable() == []  # once per run
+    # the same run with revisit off enters the synapse phase at generation 3 instead
+    off = json.loads(json.dumps(cfg))
+    off["evolution"]["environment"]["revisit"] = False
+    syn = evosynth.Synthesis(net, x[:8], 0.9, off, run_dir=tmp_path / "off", log=lambda s: None)
+    for score in (0.5, 0.9, 0.892, 0.5):
+        syn.tell(syn.ask()[0], score)
+    assert syn.evo.load_attempts(3)[-1]["then"] == "synapses"
+
+
 def test_blame_falls_on_the_layer_whose_cut_alone_costs_the_parent_most(digits):
     """With validation data the culprit is measured: the parent with one layer cut as in
     the failed offspring, untrained, loses the most validation accuracy."""

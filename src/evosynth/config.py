@@ -169,6 +169,10 @@ class EnvironmentConfig:
                 "whose cut cost the parent most validation score per filter lost stops "
                 "evolving and the generation is tried again without it (0: the run ends "
                 "there)"})
+    revisit: bool = field(default=False, metadata={
+        "help": "once a generation has no layer left to retire, the layers retired in "
+                "earlier generations evolve again for one more round of tries, once per run: "
+                "a layer out of room early may have room after the others moved on"})
     thin: bool = field(default=True, metadata={
         "help": "when no try can lose clusters and hold the floor (and no layer is left to "
                 "retire), the clusters stay and the synapses evolve on: the pressure falls "

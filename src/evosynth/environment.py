@@ -18,7 +18,9 @@ resumed run continues exactly):
   validation score per filter it lost stops evolving (``blame.py``), and the generation is
   tried again (``tries`` more) with the others, from the first generation's pressure (they
   were not the ones failing). A network's layers do not run out of room at the same time;
-  this lets the others go on after one of them has;
+  this lets the others go on after one of them has. With ``revisit``, a generation with
+  no layer left to retire first brings back the layers retired in earlier generations for
+  one more round of ``tries``, once per run;
 - when clusters can no longer die (no try held, no layer left to retire), the run enters
   its synapse phase (``thin``): the clusters stay, and the synapses of the whole network
   (under ``global``, drawn by magnitude against one budget) take the pressure, from the

@@ -450,21 +450,25 @@ class Evolution:
                   ) -> list[tuple[float, str]]:
         """Generation ``g``'s (pressure, phase) for each try (adaptive mode): ``tries`` of
         them, and ``tries`` more after each layer it may still retire, from the first
-        generation's pressure again (the layers left were not the ones failing); then, with
-        ``thin``, ``tries`` in the synapse phase from that pressure (sooner when a round
-        ended with no layer to retire: the entry marked ``then``)."""
+        generation's pressure again (the layers left were not the ones failing), and
+        ``tries`` more where a ``revisit`` may bring earlier retired layers back (sooner when
+        a round ended with no layer to retire: the entry marked ``revisit``); then, with
+        ``thin``, ``tries`` in the synapse phase from that pressure (sooner: ``then``)."""
         env = self.cfg.evolution.environment
         first = retries(env, self.pressure(g))
         if self.phase() == "synapses":
             return [(p, "synapses") for p in first]
-        out = [(p, "clusters")
-               for p in first + retries(env, env.pressure) * self.retirements_left()]
-        if not self.thins():
-            return out
-        cut = [i + 1 for i, r in enumerate(rejected) if r.get("then") == "synapses"]
-        if cut:
-            out = out[:cut[0]]
-        return out + [(p, "synapses") for p in retries(env, env.pressure)]
+        again = [(p, "clusters") for p in retries(env, env.pressure)]
+        out = [(p, "clusters") for p in first] + again * self.retirements_left()
+        if self.revisitable():
+            out += again  # the revisit's round, last
+        ends = [i + 1 for i, r in enumerate(rejected) if "revisit" in r or "then" in r]
+        if ends:  # a round that ended with no layer to retire
+            out = out[:ends[0]] + (again if "revisit" in rejected[ends[0] - 1] else [])
+            if len(ends) > 1:
+                out = out[:ends[1]]
+        return out + ([(p, "synapses") for p in retries(env, env.pressure)]
+                      if self.thins() else [])
 
     def _check_something_evolves(self) -> None:
         """With the pressure on clusters only, a network whose every layer keeps its
@@ -484,10 +488,20 @@ class Evolution:
 
     def retired(self, rejected: list[dict[str, Any]] = ()) -> set[str]:
         """Layers that no longer evolve: retired by earlier generations or by this
-        generation's ``rejected`` tries."""
+        generation's ``rejected`` tries, less those a revisit brought back."""
+        out = set(self.history[-1].get("environment", {}).get("retired", []))
+        for r in rejected:
+            out = (out - set(r.get("revisit", []))) | ({r["retired"]} if "retired" in r
+                                                        else set())
+        return out
+
+    def revisitable(self) -> list[str]:
+        """The layers a revisit would bring back (``environment.revisit``): those retired
+        by earlier generations, if the run has not revisited yet."""
         last = self.history[-1].get("environment", {})
-        return set(last.get("retired", [])) | {r["retired"] for r in rejected
-                                                 if "retired" in r}
+        if not self.cfg.evolution.environment.revisit or last.get("revisited"):
+            return []
+        return sorted(last.get("retired", []))
 
     def retirements_left(self) -> int:
         """How many more layers the run may retire (one layer always keeps evolving)."""
@@ -527,15 +541,19 @@ class Evolution:
         pressures = self.pressures(g, rejected)
         (p, phase), best = pressures[attempt], select(offspring, 1)[0]
         retired = self.retired(rejected)
+        revisited = bool(self.history[-1].get("environment", {}).get("revisited")
+                         or any("revisit" in r for r in rejected))
         record = {"pressure": p, "phase": phase, "tries": attempt + 1, "rejected": rejected,
-                  "retired": sorted(retired)}
+                  "retired": sorted(retired), **({"revisited": True} if revisited else {})}
         if best.fitness.value >= self.floor() or attempt == len(pressures) - 1:
             return record
         entry = {"pressure": p, "phase": phase, self.val_key: best.fitness.value,
                  "synapses": best.synapses}
-        if phase == "clusters" and (attempt + 1) % self.cfg.evolution.environment.tries == 0:
-            layer = None
-            if pressures[attempt + 1][1] == "clusters":  # a retirement round is left
+        tries = self.cfg.evolution.environment.tries
+        if phase == "clusters" and (attempt + 1) % tries == 0:
+            layer, back = None, [] if revisited else self.revisitable()
+            revisit_next = bool(back) and attempt + 1 == tries * (1 + self.retirements_left())
+            if pressures[attempt + 1][1] == "clusters" and not revisit_next:
                 parent = {m.id: m for m in self.population}[best.parents[0]]
                 suspects = [n for n in self.evolving() if n not in retired]
                 layer = culprit(self.breeder, parent, best.masks, suspects)
@@ -545,6 +563,10 @@ class Evolution:
                 entry["retired"] = layer
                 self.log(f"gen {g}: no try held the floor; {layer} retires (its cut alone "
                          "cost the parent most) and the others evolve on")
+            elif back:
+                entry["revisit"] = back
+                self.log(f"gen {g}: no try held the floor and no layer is left to retire; "
+                         f"{', '.join(back)}, retired before, evolve again")
             elif self.thins():
                 entry["then"] = "synapses"
                 self.log(f"gen {g}: no try held the floor and no layer is left to retire; "
