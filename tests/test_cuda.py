@@ -20,7 +20,7 @@ from evosynth.seeding import generator
 
 from .test_compact import MODELS, kill, masked_copy, randomize_bn
 from .test_encoding import lenet_and_encoding, weights_and_masks
-from .test_evolution import quick, strip
+from .test_evolution import Crash, crash_after_gen1, quick, strip
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -68,14 +68,6 @@ def test_a_cuda_run_keeps_dead_synapses_dead_and_resumes_exactly(tmp_path):
         weights = load_file(str(d / "weights.safetensors"))
         for layer, mask in load_file(str(d / "masks.safetensors")).items():
             assert torch.all(weights[f"{layer}.weight"][mask == 0] == 0), (g, layer)
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_gen1(line):
-        if line.startswith("gen   1"):
-            raise Crash
-
     with pytest.raises(Crash):
         evosynth.run(cfg, tmp_path / "cut", progress=False, log=crash_after_gen1)
     resumed = evosynth.resume(tmp_path / "cut", progress=False, log=lambda s: None)

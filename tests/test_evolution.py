@@ -83,17 +83,18 @@ def strip(history):
     return [{k: v for k, v in r.items() if k not in timed} for r in history]
 
 
+class Crash(Exception):
+    pass
+
+
+def crash_after_gen1(line):
+    if line.startswith("gen   1"):
+        raise Crash
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     cfg = quick(evolution={"offspring": 2})
     whole = evosynth.run(cfg, tmp_path / "whole", progress=False, log=lambda s: None)
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_gen1(line):
-        if line.startswith("gen   1"):
-            raise Crash
-
     with pytest.raises(Crash):
         evosynth.run(cfg, tmp_path / "cut", progress=False, log=crash_after_gen1)
     rd = RunDir(tmp_path / "cut")
