@@ -113,6 +113,9 @@ VARIANTS: dict[str, dict] = {
                                "evolution": {"environment": {"max_pressure": 0.3}}},
     # the eleventh round: layers retired early evolve again once nothing else can
     "revisit": {"evolution": {"environment": {"revisit": True}}},
+    # the twelfth round: an offspring's training starts below the ancestor's peak rate
+    "train lr 0.01": {"train": {"lr": 0.01}},
+    "train lr 0.005": {"train": {"lr": 0.005}},
 }
 COLUMNS = (("variant", "variant", "{}"), ("gen", "generation", "{}"),
            ("val %", "val_accuracy", "{:.2%}"), ("test %", "test_accuracy", "{:.2%}"),

@@ -61,3 +61,20 @@ def test_steps_of_one_shape_share_the_median_time():
     one_time_per_shape(rows)
     assert [r["latency_ms"] for r in rows] == [8.0, 2, 2, 2, 4.0]
     assert [r["speedup"] for r in rows] == [1.0, 4.0, 4.0, 4.0, 2.0]
+
+
+def test_unseen_data_benchmark_runs_side_by_side(tmp_path):
+    """The defaults on a data set they were not tuned on (scikit-learn's wine), against
+    each Torch-Pruning criterion at evosynth's budget: every result held the floor."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unseen.py"), "--data",
+                        "wine", "--seeds", "0", "--out", str(tmp_path)], capture_output=True,
+                       text=True, check=False, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "unseen.json").read_text())
+    assert [row["method"] for row in rows] == [
+        "evosynth (defaults)", "torch-pruning (L1 magnitude)", "torch-pruning (L2 group norm)",
+        "torch-pruning (Taylor)"]
+    floor = json.loads((tmp_path / "wine-s0" / "summary.json").read_text())["floor"]
+    assert all(row["val_accuracy"] >= floor and row["epochs"] == rows[0]["epochs"] > 0
+               for row in rows)

@@ -391,3 +391,23 @@ def test_the_loop_reads_the_noise_from_its_validation_set(tmp_path):
     assert n == 144 and p == pytest.approx(0.2)
     assert pressure_after(0.90, 0.0)[0] == pytest.approx(0.1)
     assert pressure_after(0.88, 1.0)[0] == pytest.approx(0.1)  # reserve 0.1: beyond it
+
+
+@pytest.mark.parametrize(("n_val", "warned"), [(40, True), (2000, False)])
+def test_a_validation_set_too_small_for_the_floor_is_named_at_the_start(tmp_path, n_val,
+                                                                        warned):
+    """One example of 40 is 2.5 points: a floor 1 point below the ancestor cannot tell a
+    loss from luck, and the run says so; 2,000 examples can (standard error < 1 point)."""
+    torch.manual_seed(0)
+    x = torch.randn(2000 + n_val, 8)
+    y = (x[:, 0] > 0).long()
+    lines = []
+    evosynth.evolve(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                        torch.nn.Linear(16, 2)),
+                    (x[:2000], y[:2000]), val_data=(x[2000:], y[2000:]),
+                    config={"evolution": {"generations": 0}, "ancestor_train": {"epochs": 1}},
+                    run_dir=tmp_path / "r", log=lines.append)
+    said = [s for s in lines if s.startswith("warning: the validation set")]
+    assert bool(said) is warned
+    if warned:
+        assert f"has {n_val} examples" in said[0] and "\n" not in said[0]

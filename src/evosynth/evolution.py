@@ -332,6 +332,24 @@ class Evolution:
                 "ancestor", None, self._hooks("gen0-0"))
         ancestor = self._member("0.0", self.model, genome, fitness, [])
         self._record(0, ancestor, [ancestor], [ancestor], time.perf_counter() - t0, test=test)
+        self._warn_if_the_floor_is_noise()
+
+    def _warn_if_the_floor_is_noise(self) -> None:
+        """A validation set too small to see the allowed drop (the score's standard error,
+        or one example, weighs more than it) picks networks by chance: say so at the start."""
+        anc, floor = self.history[0][self.val_key], self.floor()
+        if self.data is None or self.task.metric != "accuracy" or not anc > floor > -math.inf:
+            return
+        try:
+            n = len(self.data.val)
+        except UserError:
+            return
+        noise = max(standard_error(anc, n), 1 / n)
+        if noise > anc - floor:
+            self.log(f"warning: the validation set has {n} examples: its accuracy moves by "
+                     f"{noise:.2%} by chance, more than the {anc - floor:.2%} the floor allows "
+                     "to drop, so the floor cannot tell a loss from luck; give more "
+                     "validation data (val_data, evolution.val_fraction) or a larger drop")
 
     def restore(self) -> bool:
         """Load the last complete generation's population (``evosynth resume``); False
