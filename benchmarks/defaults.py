@@ -113,7 +113,7 @@ VARIANTS: dict[str, dict] = {
                                "evolution": {"environment": {"max_pressure": 0.3}}},
     # the eleventh round: layers retired early evolve again once nothing else can
     "revisit": {"evolution": {"environment": {"revisit": True}}},
-    # the twelfth round: an offspring's training starts below the ancestor's peak rate
+    # the eleventh round too: an offspring trained from a lower peak rate
     "train lr 0.01": {"train": {"lr": 0.01}},
     "train lr 0.005": {"train": {"lr": 0.005}},
 }
