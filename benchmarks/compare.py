@@ -264,9 +264,14 @@ def evolutionary(bench: Bench, weights: Path, out: Path, over: dict, max_drop: f
         genome = rd.load_generation(rec["generation"], model, layers)
         bench.measure("evosynth (defaults)", rec["generation"], model, rec["wall_seconds"],
                       genome.masks)
-    trained = sum(len(r["offspring_val_accuracy"]) * r.get("environment", {}).get("tries", 1)
-                  for r in res.history[1:])
-    return trained * cfg.train.epochs
+    return epochs_trained(res.history, cfg)
+
+
+def epochs_trained(history: list[dict], cfg) -> int:
+    """evosynth's training budget: offspring x epochs, failed tries included."""
+    return cfg.train.epochs * sum(
+        len(r["offspring_val_accuracy"]) * r.get("environment", {}).get("tries", 1)
+        for r in history[1:])
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -37,7 +37,7 @@ from evosynth.rundir import RunDir
 from evosynth.seeding import generator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import IMPORTANCES, Bench, structured
+from compare import IMPORTANCES, Bench, epochs_trained, structured
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = (("data", "data", "{}"), ("seed", "seed", "{}"), ("val/test n", "sizes", "{}"),
@@ -98,9 +98,7 @@ def one(name: str, seed: int, out: Path) -> list[dict]:
         genome = rd.load_generation(rec["generation"], net, layers)
         bench.measure("evosynth (defaults)", rec["generation"], net, rec["wall_seconds"],
                       genome.masks)
-    offspring = sum(len(r["offspring_val_accuracy"]) * r.get("environment", {}).get("tries", 1)
-                    for r in res.history[1:])
-    epochs = offspring * cfg.train.epochs
+    epochs = epochs_trained(res.history, cfg)
     evo_seconds = time.perf_counter() - t0
     steps = max(1, epochs // cfg.train.epochs)
     for criterion in IMPORTANCES:
