@@ -337,12 +337,8 @@ class Evolution:
     def _warn_if_the_floor_is_noise(self) -> None:
         """A validation set too small to see the allowed drop (the score's standard error,
         or one example, weighs more than it) picks networks by chance: say so at the start."""
-        anc, floor = self.history[0][self.val_key], self.floor()
-        if self.data is None or self.task.metric != "accuracy" or not anc > floor > -math.inf:
-            return
-        try:
-            n = len(self.data.val)
-        except UserError:
+        anc, floor, n = self.history[0][self.val_key], self.floor(), self.val_size()
+        if not n or not anc > floor > -math.inf:
             return
         noise = max(standard_error(anc, n), 1 / n)
         if noise > anc - floor:
@@ -424,16 +420,21 @@ class Evolution:
         known = [scores[p] for p in rec.get("parents", ()) if p in scores]
         return max(known) if known else None
 
-    def val_error(self, value: float) -> float:
-        """The standard error of a validation accuracy (0 for another metric, without
-        validation data as in ask/tell, or for a stream of unknown length)."""
+    def val_size(self) -> int | None:
+        """How many examples a validation accuracy is measured on (None for another
+        metric, without validation data as in ask/tell, or for a stream of unknown
+        length)."""
         if self.data is None or self.task.metric != "accuracy":
-            return 0.0
+            return None
         try:
-            n = len(self.data.val)
+            return len(self.data.val)
         except UserError:  # a stream without len(): its size is unknown
-            return 0.0
-        return standard_error(value, n)
+            return None
+
+    def val_error(self, value: float) -> float:
+        """The standard error of a validation accuracy (0 where ``val_size`` is None)."""
+        n = self.val_size()
+        return standard_error(value, n) if n else 0.0
 
     def step(self) -> dict[str, Any]:
         """One generation. Schedule mode: breed the offspring, keep the fittest. Adaptive
@@ -480,11 +481,11 @@ class Evolution:
         out = [(p, "clusters") for p in first] + again * self.retirements_left()
         if self.revisitable():
             out += again  # the revisit's round, last
-        ends = [i + 1 for i, r in enumerate(rejected) if "revisit" in r or "then" in r]
-        if ends:  # a round that ended with no layer to retire
-            out = out[:ends[0]] + (again if "revisit" in rejected[ends[0] - 1] else [])
-            if len(ends) > 1:
-                out = out[:ends[1]]
+        # a round that ended with no layer to retire: the revisit's round next, or none
+        end = next((i + 1 for i, r in enumerate(rejected) if "revisit" in r or "then" in r),
+                   None)
+        if end is not None:
+            out = out[:end] + (again if "revisit" in rejected[end - 1] else [])
         return out + ([(p, "synapses") for p in retries(env, env.pressure)]
                       if self.thins() else [])
 
