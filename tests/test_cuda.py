@@ -110,6 +110,25 @@ def test_ask_tell_candidates_live_where_the_model_does(tmp_path, where):
     assert syn.done and next(syn.best[0].parameters()).device.type == where
 
 
+def test_an_ask_tell_run_resumes_where_the_model_now_is(tmp_path):
+    """``device: auto`` is recorded as asked, not as resolved: a run begun on the GPU and
+    resumed with the model on the CPU hands its candidates out on the CPU, the same ones."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.randn(64, 16)
+    cfg = {"evolution": {"generations": 2, "offspring": 2}, "measure": {"costs": False}}
+    syn = evosynth.Synthesis(net.cuda(), x[:8].cuda(), 0.5, cfg, run_dir=tmp_path / "r",
+                             log=lambda s: None)
+    first = syn.ask()
+    syn.tell(first[0], 0.6)  # one told, one left when the run stops
+    syn.close()
+    again = evosynth.Synthesis.resume(net.cpu(), x[:8], tmp_path / "r", log=lambda s: None)
+    left = again.ask()
+    assert len(left) == 1 and next(left[0].model.parameters()).device.type == "cpu"
+    assert all(torch.equal(left[0].masks[n].cpu(), first[1].masks[n].cpu())
+               for n in first[1].masks)
+
+
 def test_nms_of_boxes_on_cuda_keeps_what_it_keeps_on_the_cpu():
     g = torch.Generator().manual_seed(0)
     corner = torch.rand(200, 2, generator=g) * 100

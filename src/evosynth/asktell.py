@@ -70,6 +70,7 @@ class Synthesis:
                  run_dir: str | Path | None = None, force: bool = False,
                  log: Callable[[str], None] = print, _resume: bool = False):
         cfg = config if isinstance(config, RunConfig) else validate(dict(config or {}))
+        asked = cfg.device  # recorded as given: a resume resolves ``auto`` from its model
         if cfg.device == "auto":
             cfg = dataclasses.replace(cfg, device=str(module_device(model)))
         example = as_inputs(example)
@@ -85,7 +86,7 @@ class Synthesis:
                 raise UserError(f"{rd.path}: no generation is complete; start a new run")
         else:
             rd.create(dataclasses.replace(cfg, model=f"{PYTHON}{type(model).__name__}",
-                                          dataset=PYTHON.rstrip(":")),
+                                          dataset=PYTHON.rstrip(":"), device=asked),
                       force=force or run_dir is None)
             self.evo.start(ancestor_state=model.state_dict(), fitness=Fitness(float(fitness)),
                            test=Fitness(float(test)) if test is not None else None)
