@@ -116,6 +116,14 @@ VARIANTS: dict[str, dict] = {
     # the eleventh round too: an offspring trained from a lower peak rate
     "train lr 0.01": {"train": {"lr": 0.01}},
     "train lr 0.005": {"train": {"lr": 0.005}},
+    # twelfth round: clusters priced by the kernel clusters their death removes
+    "cost 0.1": {"encoding": {"cost_exponent": 0.1}},
+    "filter+kernel, cost 0.1": {"encoding": {"granularity": "filter+kernel",
+                                             "cost_exponent": 0.1}},
+    # and the parent as the yardstick in the cluster phase too
+    "parent grows": {"evolution": {"environment": {"parent_grows": True}}},
+    "cost 0.1, parent grows": {"encoding": {"cost_exponent": 0.1},
+                               "evolution": {"environment": {"parent_grows": True}}},
 }
 COLUMNS = (("variant", "variant", "{}"), ("gen", "generation", "{}"),
            ("val %", "val_accuracy", "{:.2%}"), ("test %", "test_accuracy", "{:.2%}"),
@@ -173,7 +181,10 @@ def main() -> None:
     base["ancestor_weights"] = str(RunDir(out / "ancestor").weights_path(0))
     print(f"ancestor: val {anc.history[0]['val_accuracy']:.2%}, "
           f"test {anc.history[0]['test_accuracy']:.2%}", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    # OMP_NUM_THREADS, when set, is each run's thread count (other counts, other float sums:
+    # other draws); else the cores are shared among the jobs
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(
+        1, (os.cpu_count() or 1) // args.jobs)
     # spawn: the ancestor may have initialised CUDA, which a forked worker cannot use
     out.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}

@@ -14,6 +14,7 @@ import evosynth
 from evosynth.blame import culprit, cut_share, damage
 from evosynth.clusters import live_filters
 from evosynth.data.digits import load_digits
+from evosynth.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,7 @@ def test_ask_tell_population_run_and_its_resume_are_identical(digits, tmp_path):
     whole = evosynth.Synthesis(net, digits[0][:8], accuracy(net, xv, yv), CONFIG,
                                run_dir=tmp_path / "whole", log=lambda s: None)
     drive(whole, digits)
+    assert RunDir(tmp_path / "whole").config().device == "auto"  # a resume resolves it anew
     hist, tensors = files(tmp_path / "whole")
     assert [r["generation"] for r in hist] == [0, 1, 2]
     assert all(len(o["parents"]) == 2 for o in hist[2]["offspring"])
@@ -270,3 +272,23 @@ def test_blame_falls_on_the_layer_whose_cut_alone_costs_the_parent_most(digits):
     per_filter = {"1": lost["1"] / 2, "3": lost["3"] / 24}
     assert culprit(breeder, parent, child, ["1", "3"]) == max(per_filter, key=per_filter.get)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())  # untouched
+
+
+@pytest.mark.parametrize("parent_grows", [False, True])
+def test_with_parent_grows_an_offspring_that_lost_nothing_makes_it_harsher(tmp_path,
+                                                                           parent_grows):
+    """Reserve spent, score as its parent's: the reserve rule eases the environment; with
+    ``parent_grows`` the parent is the yardstick in the cluster phase too, and it grows."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    env = {"pressure": 0.2, "grow": 1.5, "ease": 0.5, "parent_grows": parent_grows}
+    syn = evosynth.Synthesis(net, torch.randn(8, 16), 0.90,
+                             {"evolution": {"offspring": 1, "max_drop": 0.1,
+                                            "environment": env},
+                              "measure": {"costs": False}},
+                             run_dir=tmp_path / "r", log=lambda s: None)
+    for _ in range(2):  # 0.82: a fifth of the allowed drop left, twice
+        syn.tell(syn.ask()[0], 0.82)
+    assert syn.history[2]["environment"]["pressure"] == pytest.approx(0.1)  # eased after g1
+    # g2 lost nothing against g1: harsher with the rule, gentler without
+    assert syn.evo.pressure(3) == pytest.approx(0.15 if parent_grows else 0.05)

@@ -357,3 +357,32 @@ def test_synapses_under_the_global_budget_go_by_magnitude_across_layers(normaliz
         assert lost("conv1") < 0.05 and lost("fc1") > 0.3
     else:
         assert lost("conv1") > 0.3 and lost("fc1") > 0.3
+
+
+def test_a_clusters_price_counts_the_kernels_its_death_removes():
+    model, layers, enc = lenet_and_encoding(coupled=True, granularity="filter",
+                                            normalization="global", cost_exponent=1.0)
+    _, m = weights_and_masks(model, layers)
+    m["conv2"][:10] = False  # ten conv2 filters dead
+    m["conv2"][:, 3] = False  # and every kernel reading conv1's filter 3
+    cost = {n: enc.kernel_cost(n, m) for n in ("conv1", "conv2", "fc1")}
+    # conv1: its own kernel and one per live conv2 filter reading it
+    assert cost["conv1"][0] == 1 + 40 and cost["conv1"][3] == 1
+    assert torch.equal(cost["conv2"][10:], torch.full((40,), 19.0, dtype=torch.float64))
+    assert torch.equal(cost["fc1"], torch.ones(500, dtype=torch.float64))  # a neuron is one
+
+
+def test_priced_clusters_move_the_deaths_to_the_layers_that_carry_kernels():
+    def conv_share(**enc):
+        model, layers, e = lenet_and_encoding(coupled=True, granularity="filter",
+                                              normalization="global", cluster_factor=0.7,
+                                              **enc)
+        w, m = weights_and_masks(model, layers)
+        p = e.cluster_probabilities(w, m, 1, None)
+        return float((1 - p["conv2"]).mean()), float((1 - p["fc1"]).mean())
+
+    conv2, fc1 = conv_share()
+    priced_conv2, priced_fc1 = conv_share(cost_exponent=0.5)
+    assert priced_conv2 > conv2 + 0.1 and priced_fc1 < fc1
+    with pytest.raises(UserError, match="cost_exponent"):
+        validate({"encoding": {"normalization": "budget", "cost_exponent": 0.5}})

@@ -74,6 +74,10 @@ class EncodingConfig:
         "help": "how a cluster's strength enters exp(x / Z) - 1: value: the strength "
                 "itself (papers); rank: its quantile among the clusters drawn together, so "
                 "survival follows their order however close their strengths lie"})
+    cost_exponent: Annotated[float, Field(ge=0)] = field(default=0.0, metadata={
+        "help": "global: a cluster's score is divided by (the kernel clusters its death "
+                "removes: its own live kernels and the live kernels of later conv layers "
+                "that read its channel) ** this, so layers compete at their price; 0: off"})
     kernel_factor: FactorSpec = field(default=0.9, metadata={
         "help": "filter+kernel: the factor for kernels inside surviving filters"})
     synapse_factor: FactorSpec = field(default=0.7, metadata={
@@ -179,6 +183,10 @@ class EnvironmentConfig:
                 "on synapses alone (under global, one budget by magnitude), growing while "
                 "offspring lose nothing measurable against their parent, until that fails "
                 "too (false: the run ends there; cluster encoding only)"})
+    parent_grows: bool = field(default=False, metadata={
+        "help": "in the cluster phase too, an offspring that lost nothing measurable "
+                "against its parent (within noise standard errors) makes the next "
+                "environment harsher, reserve or not (the synapse phase always does)"})
 
 
 @dataclass
@@ -370,6 +378,10 @@ def _check_per_layer(cfg: RunConfig, source: str) -> None:
     under one network-wide budget: refused rather than half applied."""
     env = cfg.evolution.environment
     if cfg.encoding.normalization != "global":
+        if cfg.encoding.cost_exponent:
+            raise UserError(f"{source}: encoding.cost_exponent prices clusters against one "
+                            "another across layers, which only encoding.normalization: "
+                            "global (one budget for the network) does; set it to global")
         return
     if env.kind == "adaptive" and env.width_exponent:
         what = "evolution.environment.width_exponent sets"

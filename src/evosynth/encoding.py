@@ -17,6 +17,7 @@ from .clusters import (
     Layer,
     cluster_view,
     drop_clusters,
+    live_clusters,
     live_filters,
     matches,
     resolve_output_layer,
@@ -364,6 +365,25 @@ class ClusterEncoding(Encoding):
             total += _mean_normalized(scale, live)
         return total
 
+    def kernel_cost(self, name: str, masks) -> torch.Tensor:
+        """Per cluster of ``name``: the kernel clusters its death removes. A conv filter:
+        its live kernels, and the live kernels of later conv layers that read its channel; a
+        neuron: itself (a neuron reading a dead channel lives on). At kernel granularity a
+        cluster is one kernel."""
+        layer = self.layers[name]
+        if self.cfg.granularity == "kernel" or layer.kind != "conv":
+            clusters = cluster_view(masks[name].cpu(), layer, self.cfg.granularity)
+            return torch.ones(clusters.shape[0], dtype=torch.float64)
+        cost = live_clusters(masks[name].cpu(), layer, "kernel").reshape(
+            layer.shape[0], -1).sum(1).to(torch.float64)
+        for r in self.readers[name]:
+            if self.layers[r.layer].kind != "conv":
+                continue
+            m = masks[r.layer].cpu()
+            kernels = m.reshape(m.shape[0], m.shape[1], -1).any(dim=2).sum(dim=0)
+            cost.index_add_(0, r.filters, kernels[r.cols].to(torch.float64))
+        return cost
+
     def strengths(self, name: str, weights, masks) -> torch.Tensor:
         filter_level = self.cfg.granularity != "kernel" or self.layers[name].kind == "linear"
         if self.cfg.strength == "group" and filter_level:
@@ -382,7 +402,11 @@ class ClusterEncoding(Encoding):
             live = cluster_view(masks[name].cpu(), layer, self.cfg.granularity).any(dim=1)
             s = self.strengths(name, weights, masks)
             if self.cfg.normalization == "global":
-                pool[name] = (_mean_normalized(s, live), live)
+                score = _mean_normalized(s, live)
+                if self.cfg.cost_exponent:
+                    score = score / self.kernel_cost(name, masks).clamp(min=1) ** \
+                        self.cfg.cost_exponent
+                pool[name] = (score, live)
                 continue
             factor = self.factors(name, generation, env)[1]
             p = torch.zeros(live.shape, dtype=torch.float64)

@@ -29,7 +29,8 @@ resumed run continues exactly):
   begins with the reserve spent (that is why clusters stopped), so a reserve could only
   hold the pressure at its minimum there: in it, an offspring that lost nothing measurable
   against its parent (the shortfall within ``noise`` standard errors) also makes the next
-  environment harsher.
+  environment harsher. ``parent_grows`` (an option, measured and not kept) applies that
+  rule in the cluster phase too.
 """
 
 from __future__ import annotations

@@ -408,7 +408,8 @@ class Evolution:
         error = self.val_error(last[self.val_key]) / (anc - floor) if anc > floor else 0.0
         parent = self.parent_score(last)
         cost = None
-        if last["environment"].get("phase") == "synapses" and parent is not None:
+        if parent is not None and (env.parent_grows
+                                   or last["environment"].get("phase") == "synapses"):
             cost = (parent - last[self.val_key]) / (anc - floor) if anc > floor else 0.0
         return next_pressure(env, last["environment"]["pressure"], reserve, error, cost)
 
