@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+import torch
 
 import evosynth
 from evosynth.config import validate
@@ -134,8 +135,6 @@ COLUMNS = (("variant", "variant", "{}"), ("gen", "generation", "{}"),
 
 
 def run_variant(name: str, base: dict, out: Path, threads: int) -> dict:
-    import torch
-
     torch.set_num_threads(threads)
     cfg = validate(merge(base, VARIANTS[name]))
     t0 = time.perf_counter()
@@ -181,10 +180,9 @@ def main() -> None:
     base["ancestor_weights"] = str(RunDir(out / "ancestor").weights_path(0))
     print(f"ancestor: val {anc.history[0]['val_accuracy']:.2%}, "
           f"test {anc.history[0]['test_accuracy']:.2%}", flush=True)
-    # OMP_NUM_THREADS, when set, is each run's thread count (other counts, other float sums:
-    # other draws); else the cores are shared among the jobs
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(
-        1, (os.cpu_count() or 1) // args.jobs)
+    # torch's threads (OMP_NUM_THREADS sets them) shared among the jobs, as in compare.py:
+    # another count means other float sums, so other draws
+    threads = max(1, torch.get_num_threads() // args.jobs)
     # spawn: the ancestor may have initialised CUDA, which a forked worker cannot use
     out.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}

@@ -17,7 +17,6 @@ from .clusters import (
     Layer,
     cluster_view,
     drop_clusters,
-    live_clusters,
     live_filters,
     matches,
     resolve_output_layer,
@@ -374,14 +373,14 @@ class ClusterEncoding(Encoding):
         if self.cfg.granularity == "kernel" or layer.kind != "conv":
             clusters = cluster_view(masks[name].cpu(), layer, self.cfg.granularity)
             return torch.ones(clusters.shape[0], dtype=torch.float64)
-        cost = live_clusters(masks[name].cpu(), layer, "kernel").reshape(
-            layer.shape[0], -1).sum(1).to(torch.float64)
+
+        def kernels(m: torch.Tensor) -> torch.Tensor:  # (out, in): kernel w[o, i] alive
+            return m.cpu().reshape(m.shape[0], m.shape[1], -1).any(dim=2).to(torch.float64)
+
+        cost = kernels(masks[name]).sum(dim=1)
         for r in self.readers[name]:
-            if self.layers[r.layer].kind != "conv":
-                continue
-            m = masks[r.layer].cpu()
-            kernels = m.reshape(m.shape[0], m.shape[1], -1).any(dim=2).sum(dim=0)
-            cost.index_add_(0, r.filters, kernels[r.cols].to(torch.float64))
+            if self.layers[r.layer].kind == "conv":
+                cost.index_add_(0, r.filters, kernels(masks[r.layer]).sum(dim=0)[r.cols])
         return cost
 
     def strengths(self, name: str, weights, masks) -> torch.Tensor:
