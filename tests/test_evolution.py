@@ -111,6 +111,23 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert not (rd.path / "generations" / ".2.partial").exists()
 
 
+def test_another_draw_seed_is_another_draw_on_the_same_split_and_ancestor(tmp_path):
+    """evolution.draw_seed: the split, the ancestor and its scores stay the run seed's; the
+    offspring are another draw, and the same draw seed repeats it."""
+    def masks(name):
+        return load_file(str(RunDir(tmp_path / name).generation_dir(1) / "masks.safetensors"))
+
+    runs = {name: evosynth.run(quick(evolution={"generations": 1, "draw_seed": d}),
+                               tmp_path / name, progress=False, log=lambda s: None)
+            for name, d in (("run", None), ("draw1", 1), ("again", 1))}
+    ancestors = [strip(r.history)[0] for r in runs.values()]
+    assert ancestors[0] == ancestors[1] == ancestors[2]
+    a, b, c = masks("run"), masks("draw1"), masks("again")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    assert strip(runs["draw1"].history) == strip(runs["again"].history)
+
+
 def test_floor_stops_and_summary_picks_smallest_meeting_it(tmp_path):
     cfg = quick(encoding={"cluster_factor": 0.3, "synapse_factor": 0.3},
                 evolution={"generations": 8, "max_drop": 0.05})

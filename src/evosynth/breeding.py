@@ -28,7 +28,7 @@ from .data import Splits
 from .encoding import Environment, make_encoding
 from .genome import Genome, apply_param_masks
 from .mating import combine
-from .seeding import generator
+from .seeding import draw_generator
 from .tasks import CLASSIFICATION, Task
 from .train import Teacher, train
 
@@ -149,19 +149,22 @@ class Breeder:
         self._derive()
 
     # -- sampling ---------------------------------------------------------------------------
+    def draws(self, *parts: object) -> torch.Generator:
+        return draw_generator(self.cfg.seed, self.cfg.evolution.draw_seed, *parts)
+
     def sample(self, parents: list[Parent], job: Job) -> tuple[nn.Module, Genome]:
         """The offspring's masks, drawn from its parents' encoding, and its initial weights
         (on the CPU)."""
-        ev, seed = self.cfg.evolution, self.cfg.seed
+        ev = self.cfg.evolution
         strengths, masks, state = combine(parents, self.coupling, self.model,
                                           self.strength_keys, ev.mating)
-        masks = self.encoding.sample(strengths, masks, job.g,
-                                     generator(seed, "sample", *job.at), job.env)
+        masks = self.encoding.sample(strengths, masks, job.g, self.draws("sample", *job.at),
+                                     job.env)
         masks = self.coupling.propagate(masks, self.encoding.protected, tie=self.encoding.tie)
         child = copy.deepcopy(self.model)
         child.load_state_dict(state)
         if ev.weights == "scratch":
-            reinitialize(child, self.layers, generator(seed, "scratch", *job.at))
+            reinitialize(child, self.layers, self.draws("scratch", *job.at))
         elif ev.weights == "rewind":
             child.load_state_dict(self.ancestor_init)
         genome = Genome(self.layers, masks)
@@ -173,7 +176,7 @@ class Breeder:
         """Sample, train and evaluate one offspring; its weights come back on the CPU."""
         child, genome = self.sample(parents, job)
         fit = self.train_and_evaluate(child, genome, self.cfg.train,
-                                      generator(self.cfg.seed, "train", *job.at),
+                                      self.draws("train", *job.at),
                                       desc or f"gen {job.id}", teacher, hooks or TrainHooks())
         state = {k: v.detach().cpu() for k, v in child.state_dict().items()}
         masks = {k: v.cpu() for k, v in genome.masks.items()}

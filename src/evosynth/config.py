@@ -229,6 +229,10 @@ class EvolutionConfig:
         "help": "an offspring of several parents inherits the fittest parent's weights "
                 "(synapses dead in it take the mean of the others' live values), or the mean "
                 "of the parents' live values everywhere"})
+    draw_seed: Int | None = field(default=None, metadata={
+        "help": "seed of the evolution's own draws (offspring masks, re-initializations, "
+                "training order, mates); None: the run seed's. Another value is another draw "
+                "on the same split and ancestor"})
     min_accuracy: Fraction | None = field(default=None, metadata={
         "help": "stop when validation accuracy falls below this"})
     max_drop: Fraction | None = field(default=0.01, metadata={

@@ -392,8 +392,7 @@ class Evolution:
         out = []
         for k in range(n_offspring):
             job = Job(g, k, attempt, env, ())
-            chosen = choose_parents(self.population, m,
-                                    generator(self.cfg.seed, "mates", *job.at))
+            chosen = choose_parents(self.population, m, self.breeder.draws("mates", *job.at))
             out.append(dataclasses.replace(job, parents=tuple(p.id for p in chosen)))
         return out
 

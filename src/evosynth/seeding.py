@@ -26,6 +26,15 @@ def generator(seed: int, *parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, *parts))
 
 
+def draw_generator(seed: int, draw_seed: int | None, *parts: object) -> torch.Generator:
+    """A generator for the evolution's own draws (offspring masks, re-initializations,
+    training order, mates). ``draw_seed`` (``evolution.draw_seed``) gives another draw on
+    the same split and ancestor, which come from the run seed alone; None keeps the run
+    seed's draws."""
+    return generator(seed, *parts) if draw_seed is None else generator(seed, "draw",
+                                                                         draw_seed, *parts)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
