@@ -201,6 +201,39 @@ def test_a_layer_that_runs_out_of_room_retires_and_the_others_evolve_on(digits, 
     assert syn.tell(syn.ask()[0], 0.5)["meets_floor"] is False and syn.done
 
 
+def test_when_only_the_culprit_has_room_the_others_retire_instead(digits, tmp_path,
+                                                                 monkeypatch):
+    """Blamed, the wide layer cannot retire: the narrow one left alone could not lose one
+    neuron per generation at the gentlest pressure. The narrow one retires instead and the
+    wide one evolves on alone, where the cluster phase used to end with it wide."""
+    import evosynth.evolution
+
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 8),
+                        nn.ReLU(), nn.Linear(8, 10))
+    fit(net, x, y, 2)
+    cfg = {"evolution": {"generations": 3, "max_drop": 0.01,
+                         "environment": {"tries": 1, "retire": 1, "pressure": 0.3}},
+           "measure": {"costs": False}}
+    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
+    monkeypatch.setattr(evosynth.evolution, "blame_order", lambda *a: ["1", "3"])
+    parent = syn.evo.population[0]
+    assert not syn.evo.room_left(parent, {"3"}) and syn.evo.room_left(parent, {"1"})
+    assert syn.tell(syn.ask()[0], 0.5) is None
+    assert syn.evo.load_attempts(1)[0]["retired"] == "3"
+    cand = syn.ask()[0]
+    assert torch.equal(live_filters(cand.masks["3"]), live_filters(parent.masks["3"]))
+    assert live_filters(cand.masks["1"]).sum() < live_filters(parent.masks["1"]).sum()
+    # the blame order itself: cut layers by cost per filter, then the uncut, narrowest first
+    monkeypatch.undo()
+    from evosynth.blame import blame_order
+    child = {n: m.clone() for n, m in parent.masks.items()}
+    child["1"][:3] = False
+    assert blame_order(syn.evo.breeder, parent, child, ["1", "5", "3"]) == ["1", "3", "5"]
+    assert blame_order(syn.evo.breeder, parent, parent.masks, ["1", "3"]) == []
+
+
 def test_a_layer_retired_early_evolves_again_once_nothing_else_can(digits, tmp_path):
     """environment.revisit: when a generation has no layer left to retire, the layers
     retired in earlier generations evolve again for one more round, once per run."""

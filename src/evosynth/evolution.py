@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .backends import make_backend
-from .blame import culprit
+from .blame import blame_order
 from .breeding import Breeder, Fitness, Job, Parent, TrainHooks
 from .checks import check_data
 from .clusters import live_clusters
@@ -555,7 +555,7 @@ class Evolution:
                 rejected: list[dict[str, Any]]) -> dict[str, Any] | None:
         """Adaptive mode: the try's environment record when its fittest holds the floor or
         no try is left; else None, the try recorded among ``rejected`` (and saved). The
-        last of a round of ``tries`` failed tries retires a layer (``blame.culprit``) or,
+        last of a round of ``tries`` failed tries retires a layer (``blame.blame_order``) or,
         with none to retire, moves the generation on to the synapse phase."""
         pressures = self.pressures(g, rejected)
         (p, phase), best = pressures[attempt], select(offspring, 1)[0]
@@ -575,13 +575,15 @@ class Evolution:
             if pressures[attempt + 1][1] == "clusters" and not revisit_next:
                 parent = {m.id: m for m in self.population}[best.parents[0]]
                 suspects = [n for n in self.evolving() if n not in retired]
-                layer = culprit(self.breeder, parent, best.masks, suspects)
-                if layer is not None and not self.room_left(parent, set(suspects) - {layer}):
-                    layer = None
+                order = blame_order(self.breeder, parent, best.masks, suspects)
+                layer = next((n for n in order if self.room_left(parent, set(suspects) - {n})),
+                             None)
             if layer is not None:
                 entry["retired"] = layer
-                self.log(f"gen {g}: no try held the floor; {layer} retires (its cut alone "
-                         "cost the parent most) and the others evolve on")
+                why = ("its cut alone cost the parent most" if layer == order[0] else
+                       f"{order[0]}'s cut cost most, but only {order[0]} has room left")
+                self.log(f"gen {g}: no try held the floor; {layer} retires ({why}) and the "
+                         "others evolve on")
             elif back:
                 entry["revisit"] = back
                 self.log(f"gen {g}: no try held the floor and no layer is left to retire; "
