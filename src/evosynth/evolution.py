@@ -581,7 +581,7 @@ class Evolution:
             if layer is not None:
                 entry["retired"] = layer
                 why = ("its cut alone cost the parent most" if layer == order[0] else
-                       f"{order[0]}'s cut cost most, but only {order[0]} has room left")
+                       f"{order[0]}'s cut cost most, but the others would have no room left")
                 self.log(f"gen {g}: no try held the floor; {layer} retires ({why}) and the "
                          "others evolve on")
             elif back:
