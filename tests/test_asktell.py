@@ -147,20 +147,27 @@ def test_room_is_counted_in_the_clusters_the_encoding_draws(digits, tmp_path, gr
     assert syn.evo.room_left(ancestor, {"0", "2"})  # 21 filters: 1.05 expected deaths
 
 
+def retiring(digits, tmp_path, narrow: int, generations: int) -> evosynth.Synthesis:
+    """An ask/tell run of a trained 64-``narrow``-10 MLP that may retire one layer, its
+    generations tried once each."""
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, narrow),
+                        nn.ReLU(), nn.Linear(narrow, 10))
+    fit(net, x, y, 2)
+    cfg = {"evolution": {"generations": generations, "max_drop": 0.01,
+                         "environment": {"tries": 1, "retire": 1, "pressure": 0.3}},
+           "measure": {"costs": False}}
+    return evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r",
+                              log=lambda s: None)
+
+
 def test_a_layer_that_runs_out_of_room_retires_and_the_others_evolve_on(digits, tmp_path):
     """environment.retire: when every try of a generation fails, the layer whose lost
     filters were each the largest share of it (no validation data in ask/tell: the
     narrowest that lost any) stops evolving: its filters and synapses survive every later
     draw, while the other layer keeps losing."""
-    x, y, _, _ = digits
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32),
-                        nn.ReLU(), nn.Linear(32, 10))
-    fit(net, x, y, 2)
-    cfg = {"evolution": {"generations": 4, "max_drop": 0.01,
-                         "environment": {"tries": 1, "retire": 1, "pressure": 0.3}},
-           "measure": {"costs": False}}
-    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
+    syn = retiring(digits, tmp_path, 32, 4)
     first = syn.ask()[0]
     lost = {n: int((~live_filters(first.masks[n])).sum()) for n in ("1", "3")}
     assert lost["1"] and lost["3"]  # both lost filters: the narrower ("3") is blamed
@@ -208,15 +215,7 @@ def test_when_only_the_culprit_has_room_the_others_retire_instead(digits, tmp_pa
     wide one evolves on alone, where the cluster phase used to end with it wide."""
     import evosynth.evolution
 
-    x, y, _, _ = digits
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 8),
-                        nn.ReLU(), nn.Linear(8, 10))
-    fit(net, x, y, 2)
-    cfg = {"evolution": {"generations": 3, "max_drop": 0.01,
-                         "environment": {"tries": 1, "retire": 1, "pressure": 0.3}},
-           "measure": {"costs": False}}
-    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
+    syn = retiring(digits, tmp_path, 8, 3)
     monkeypatch.setattr(evosynth.evolution, "blame_order", lambda *a: ["1", "3"])
     parent = syn.evo.population[0]
     assert not syn.evo.room_left(parent, {"3"}) and syn.evo.room_left(parent, {"1"})
