@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import evosynth
-from evosynth.blame import culprit, cut_share, damage
+from evosynth.blame import blame_order, cut_share, damage
 from evosynth.clusters import live_filters
 from evosynth.data.digits import load_digits
 from evosynth.rundir import RunDir
@@ -226,7 +226,6 @@ def test_when_only_the_culprit_has_room_the_others_retire_instead(digits, tmp_pa
     assert live_filters(cand.masks["1"]).sum() < live_filters(parent.masks["1"]).sum()
     # the blame order itself: cut layers by cost per filter, then the uncut, narrowest first
     monkeypatch.undo()
-    from evosynth.blame import blame_order
     child = {n: m.clone() for n, m in parent.masks.items()}
     child["1"][:3] = False
     assert blame_order(syn.evo.breeder, parent, child, ["1", "5", "3"]) == ["1", "3", "5"]
@@ -302,7 +301,8 @@ def test_blame_falls_on_the_layer_whose_cut_alone_costs_the_parent_most(digits):
     assert lost["3"] == pytest.approx(parent.fitness.value - accuracy(cut, xv, yv))
     assert lost["3"] > 0.05  # most of a layer: a visible loss
     per_filter = {"1": lost["1"] / 2, "3": lost["3"] / 24}
-    assert culprit(breeder, parent, child, ["1", "3"]) == max(per_filter, key=per_filter.get)
+    assert blame_order(breeder, parent, child, ["1", "3"])[0] == max(per_filter,
+                                                                     key=per_filter.get)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())  # untouched
 
 

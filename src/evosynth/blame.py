@@ -55,27 +55,20 @@ def damage(breeder: Breeder, parent: Parent, child: dict[str, torch.Tensor],
     return {n: base - score({**parent.masks, n: child[n]}) for n in cut}
 
 
-def culprit(breeder: Breeder, parent: Parent, child: dict[str, torch.Tensor],
-            layers: Iterable[str]) -> str | None:
-    """The layer whose cut cost most per filter lost (a cut of synapses only counts as
-    one filter; ties: the first), or None if nothing was cut."""
-    order = blame_order(breeder, parent, child, layers)
-    return order[0] if order else None
-
-
 def blame_order(breeder: Breeder, parent: Parent, child: dict[str, torch.Tensor],
                 layers: Iterable[str]) -> list[str]:
     """``layers`` from most to least to blame: those the child cut by cost per filter lost
     (ties: the first), then the uncut ones, narrowest first (fewest live filters: where a
-    death is the largest share of a layer). Empty if nothing was cut. The loop retires the
-    first whose retirement leaves the others room to evolve: when the culprit is the only
-    layer with room, it evolves on alone rather than the cluster phase ending with it wide."""
+    death is the largest share of a layer). The first is the culprit; empty if nothing was
+    cut. The loop retires the first whose retirement leaves the others room to evolve:
+    when the culprit is the only layer with room, it evolves on alone rather than the
+    cluster phase ending with it wide."""
     layers = list(layers)
-    lost = damage(breeder, parent, child, layers)
+    lost = damage(breeder, parent, child, layers)  # in the order of ``layers``
     if not lost:
         return []
     cost = {n: v / max(1, filters_lost(parent.masks[n], child[n])) for n, v in lost.items()}
-    cut = sorted(cost, key=lambda n: (-cost[n], layers.index(n)))
-    width = {n: int(live_filters(parent.masks[n].cpu()).sum()) for n in layers}
-    return cut + sorted((n for n in layers if n not in cost),
-                        key=lambda n: (width[n], layers.index(n)))
+    uncut = [n for n in layers if n not in cost]
+    width = {n: int(live_filters(parent.masks[n].cpu()).sum()) for n in uncut}
+    # sorted is stable: ties keep the order of ``layers``
+    return sorted(cost, key=lambda n: -cost[n]) + sorted(uncut, key=width.__getitem__)

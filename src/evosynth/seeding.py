@@ -31,8 +31,9 @@ def draw_generator(seed: int, draw_seed: int | None, *parts: object) -> torch.Ge
     training order, mates). ``draw_seed`` (``evolution.draw_seed``) gives another draw on
     the same split and ancestor, which come from the run seed alone; None keeps the run
     seed's draws."""
-    return generator(seed, *parts) if draw_seed is None else generator(seed, "draw",
-                                                                         draw_seed, *parts)
+    if draw_seed is None:
+        return generator(seed, *parts)
+    return generator(seed, "draw", draw_seed, *parts)
 
 
 def resolve_device(name: str) -> torch.device:
