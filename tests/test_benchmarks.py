@@ -42,11 +42,27 @@ def test_compare_quick(tmp_path):
     # a method's steps of one dense shape share one time (IMP removes no filter)
     imp = by["magnitude (torch prune)"]
     assert len({(x["macs"], x["latency_ms"]) for x in imp}) == len({x["macs"] for x in imp})
-    # the peers run two at a time (--jobs 2): every row as in the sequential run, in order
-    par = quick_compare(tmp_path / "jobs", "--jobs", "2")
-    keys = ("method", "step", "val_accuracy", "test_accuracy", "synapses", "kernel_clusters",
+    # two draws and the peers two at a time (--jobs 2 --draws 2): draw 0 is the sequential
+    # run's evosynth, draw 1 another draw on the same ancestor, every peer row as in the
+    # sequential run where the budget (the most a draw trained) is the same
+    par = quick_compare(tmp_path / "jobs", "--jobs", "2", "--draws", "2")
+    keys = ("step", "val_accuracy", "test_accuracy", "synapses", "kernel_clusters",
             "macs", "synaptic_efficiency", "cluster_efficiency")
-    assert [[r[k] for k in keys] for r in par] == [[r[k] for k in keys] for r in rows]
+
+    def cells(rs: list[dict], method: str) -> list[list]:
+        return [[r[k] for k in keys] for r in rs if r["method"] == method]
+
+    draw0 = cells(par, "evosynth (defaults, draw 0)")
+    assert draw0 == cells(rows, "evosynth (defaults)")
+    assert cells(par, "evosynth (defaults, draw 1)") not in ([], draw0)
+    def budget(out: Path) -> str:
+        return next(line for line in (out / "compare.md").read_text().splitlines()
+                    if line.startswith("budget:"))
+
+    assert budget(tmp_path / "jobs").endswith("(the most one draw trained)")
+    if budget(tmp_path / "jobs").startswith(budget(tmp_path)):
+        for method in methods - {"ancestor", "evosynth (defaults)"}:
+            assert cells(par, method) == cells(rows, method), method
 
 
 def test_steps_of_one_shape_share_the_median_time():
@@ -61,6 +77,29 @@ def test_steps_of_one_shape_share_the_median_time():
     one_time_per_shape(rows)
     assert [r["latency_ms"] for r in rows] == [8.0, 2, 2, 2, 4.0]
     assert [r["speedup"] for r in rows] == [1.0, 4.0, 4.0, 4.0, 2.0]
+
+
+def test_the_summary_gives_each_draw_against_the_best_peer_and_their_median():
+    """One draw is not a result: with several, the ratio quoted is their median, and a
+    draw that never reached the level counts as nothing, not as missing."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare import floors
+
+    def row(method: str, test: float, eff: float) -> dict:
+        return {"method": method, "test_accuracy": test, "val_accuracy": test,
+                "synaptic_efficiency": eff, "cluster_efficiency": eff, "speedup": eff}
+
+    rows = [row("ancestor", 0.995, 1.0), row("evosynth (defaults, draw 0)", 0.991, 30.0),
+            row("evosynth (defaults, draw 1)", 0.991, 10.0),
+            row("evosynth (defaults, draw 2)", 0.989, 50.0),
+            row("torch-pruning (L1 magnitude)", 0.992, 10.0),
+            row("torch-pruning (L1 magnitude)", 0.991, 20.0)]
+    text = floors(rows, (0.990,))
+    assert "- evosynth / best peer, cluster_efficiency: median 0.50 (draws: 1.50, 0.50, 0.00)" \
+        in text
+    one = floors([r for r in rows if "draw 1" not in r["method"] and "draw 2" not in r["method"]],
+                 (0.990,))
+    assert "- evosynth / best peer, speedup: 1.50" in one
 
 
 def test_unseen_data_benchmark_runs_side_by_side(tmp_path):
