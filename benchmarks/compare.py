@@ -248,9 +248,12 @@ def peers(bench: Bench, over: dict, ancestor: Path, steps: int, quick: bool, job
         return
     threads = max(1, torch.get_num_threads() // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(peer_process, over, ancestor, bench.base, bench.floor, peer,
-                               steps, quick, threads) for peer in PEERS]
-        for future in futures:
+        # the longest first (Taylor reads gradients at every step), so that no core idles
+        # at the end while one peer runs on alone
+        futures = {peer: pool.submit(peer_process, over, ancestor, bench.base, bench.floor,
+                                     peer, steps, quick, threads)
+                   for peer in sorted(PEERS, key=lambda p: p != "Taylor")}
+        for future in (futures[peer] for peer in PEERS):
             rows, models = future.result()
             bench.rows += rows
             bench.models += models
