@@ -55,14 +55,15 @@ def test_compare_quick(tmp_path):
     draw0 = cells(par, "evosynth (defaults, draw 0)")
     assert draw0 == cells(rows, "evosynth (defaults)")
     assert cells(par, "evosynth (defaults, draw 1)") not in ([], draw0)
+
     def budget(out: Path) -> str:
         return next(line for line in (out / "compare.md").read_text().splitlines()
                     if line.startswith("budget:"))
 
-    assert budget(tmp_path / "jobs").endswith("(the most one draw trained)")
-    if budget(tmp_path / "jobs").startswith(budget(tmp_path)):
-        for method in methods - {"ancestor", "evosynth (defaults)"}:
-            assert cells(par, method) == cells(rows, method), method
+    # neither quick draw fails a try here, so the most a draw trained is draw 0's budget
+    assert budget(tmp_path / "jobs") == budget(tmp_path) + " (the most one draw trained)"
+    for method in methods - {"ancestor", "evosynth (defaults)"}:
+        assert cells(par, method) == cells(rows, method), method
 
 
 def test_steps_of_one_shape_share_the_median_time():
