@@ -18,19 +18,19 @@ from collections.abc import Iterable
 import torch
 
 from .breeding import Breeder, Parent
-from .clusters import live_filters
+from .clusters import width
 from .genome import apply_param_masks
 
 SAMPLE = 4096
 
 
 def filters_lost(parent: torch.Tensor, child: torch.Tensor) -> int:
-    return int(live_filters(parent.cpu()).sum()) - int(live_filters(child.cpu()).sum())
+    return width(parent) - width(child)
 
 
 def cut_share(parent: torch.Tensor, child: torch.Tensor) -> float:
     """Share of a layer's live filters that the child lost."""
-    before = int(live_filters(parent.cpu()).sum())
+    before = width(parent)
     return filters_lost(parent, child) / before if before else 0.0
 
 
@@ -69,6 +69,6 @@ def blame_order(breeder: Breeder, parent: Parent, child: dict[str, torch.Tensor]
         return []
     cost = {n: v / max(1, filters_lost(parent.masks[n], child[n])) for n, v in lost.items()}
     uncut = [n for n in layers if n not in cost]
-    width = {n: int(live_filters(parent.masks[n].cpu()).sum()) for n in uncut}
     # sorted is stable: ties keep the order of ``layers``
-    return sorted(cost, key=lambda n: -cost[n]) + sorted(uncut, key=width.__getitem__)
+    return (sorted(cost, key=lambda n: -cost[n])
+            + sorted(uncut, key=lambda n: width(parent.masks[n])))

@@ -140,6 +140,11 @@ def live_filters(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape[0], -1).any(dim=1)
 
 
+def width(mask: torch.Tensor) -> int:
+    """A layer's live filters (neurons), counted on the CPU."""
+    return int(live_filters(mask.cpu()).sum())
+
+
 def resolve_output_layer(layers: dict[str, Layer], name: str | None) -> str | None:
     """The layer whose neurons are the network's outputs (classes): the last prunable layer
     unless named. Registration order is the forward order for the usual model definitions;

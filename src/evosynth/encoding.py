@@ -20,6 +20,7 @@ from .clusters import (
     live_filters,
     matches,
     resolve_output_layer,
+    width,
 )
 from .config import EncodingConfig, factor_at
 from .coupling import ChannelGroup
@@ -202,7 +203,7 @@ class Encoding:
         whose filters evolve (not the protected ones, not q/k/v attentions)."""
         if env is None:
             return None
-        return env.sized({name: int(live_filters(masks[name].cpu()).sum())
+        return env.sized({name: width(masks[name])
                           for name in self.layers
                           if not self.is_protected(name) and name not in self.head_layers})
 
