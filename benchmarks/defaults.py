@@ -123,6 +123,8 @@ VARIANTS: dict[str, dict] = {
                                              "cost_exponent": 0.1}},
     # and the parent as the yardstick in the cluster phase too
     "parent grows": {"evolution": {"environment": {"parent_grows": True}}},
+    "kernel phase": {"evolution": {"environment": {"kernel_phase": True}}},
+    "no kernel phase": {"evolution": {"environment": {"kernel_phase": False}}},
     "cost 0.1, parent grows": {"encoding": {"cost_exponent": 0.1},
                                "evolution": {"environment": {"parent_grows": True}}},
 }

@@ -324,3 +324,73 @@ def test_with_parent_grows_an_offspring_that_lost_nothing_makes_it_harsher(tmp_p
     assert syn.history[2]["environment"]["pressure"] == pytest.approx(0.1)  # eased after g1
     # g2 lost nothing against g1: harsher with the rule, gentler without
     assert syn.evo.pressure(3) == pytest.approx(0.15 if parent_grows else 0.05)
+
+
+def test_the_kernel_phase_comes_between_the_clusters_and_the_synapses(digits, tmp_path):
+    """``environment.kernel_phase``: once no try can lose filters, the conv layer reading
+    several channels loses whole kernels (kernel clusters fall, no filter dies, the first
+    conv and the linear layer keep every synapse) for as long as a try holds the floor;
+    then the synapse phase; then the run ends."""
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Conv2d(4, 8, 3),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    fit(net, x, y, 1)
+    cfg = {"evolution": {"generations": 5, "max_drop": 0.01,
+                         "environment": {"tries": 1, "retire": 0, "pressure": 0.3,
+                                         "kernel_phase": True}},
+           "measure": {"costs": False}}
+    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
+    assert syn.tell(syn.ask()[0], 0.5) is None  # the cluster phase ends at once
+    assert syn.evo.load_attempts(1)[-1]["then"] == "kernels"
+    parent = {n: torch.ones_like(m) for n, m in syn.ask()[0].masks.items()}
+    for gen in (1, 2):
+        cand = syn.ask()[0]
+        kernels = cand.masks["3"].reshape(8, 4, -1)
+        alive = kernels.any(dim=2)
+        assert bool(kernels[alive].all())  # every surviving kernel whole
+        assert 0 < int(alive.sum()) < int(parent["3"].reshape(8, 4, -1).any(dim=2).sum())
+        assert bool(alive.any(dim=1).all())  # no filter died
+        assert not (cand.masks["3"] & ~parent["3"]).any()  # a dead kernel stays dead
+        for name in ("0", "6"):
+            assert torch.equal(cand.masks[name], parent[name]), name
+        rec = syn.tell(cand, 0.9)
+        assert rec["generation"] == gen and rec["environment"]["phase"] == "kernels"
+        parent = cand.masks
+    assert syn.tell(syn.ask()[0], 0.5) is None  # the kernel phase's round fails
+    assert syn.evo.load_attempts(3)[-1]["then"] == "synapses"
+    thin = syn.ask()[0].masks
+    assert thin["6"].sum() < parent["6"].sum() and not (thin["6"] & ~parent["6"]).any()
+    assert syn.tell(syn.ask()[0], 0.9)["environment"]["phase"] == "synapses"
+    assert syn.tell(syn.ask()[0], 0.5)["meets_floor"] is False and syn.done
+
+
+def test_a_kernel_phase_with_one_kernel_left_per_filter_moves_on(digits, tmp_path):
+    """Once every filter of the convs reading several channels is down to one kernel, the
+    kernel phase has nothing left to draw: the next generation is the synapse phase's,
+    not a generation that trains the parent unchanged, and without a synapse phase
+    (``thin: false``) the run ends there."""
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Conv2d(2, 3, 3),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
+    fit(net, x, y, 1)
+    cfg = {"evolution": {"generations": 12, "max_drop": 0.01,
+                         "environment": {"tries": 1, "retire": 0, "pressure": 0.3}},
+           "measure": {"costs": False}}  # the kernel phase is the default
+    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
+    assert syn.tell(syn.ask()[0], 0.5) is None  # the cluster phase ends at once
+    gen = 1
+    while syn.evo.kernels_left():
+        rec = syn.tell(syn.ask()[0], 0.9)
+        assert rec["environment"]["phase"] == "kernels" and gen < 10
+        gen += 1
+    assert syn.evo.population[0].masks["3"].reshape(3, 2, -1).any(dim=2).sum(dim=1).tolist() \
+        == [1, 1, 1]
+    assert {phase for _, phase in syn.evo.pressures(gen)} == {"synapses"}
+    assert not syn.done
+    syn.evo.cfg.evolution.environment.thin = False  # without a synapse phase: the end
+    assert syn.done and syn.evo.summary()["stopped"] == "nothing left"
+    syn.evo.cfg.evolution.environment.thin = True
+    rec = syn.tell(syn.ask()[0], 0.9)
+    assert rec["generation"] == gen and rec["environment"]["phase"] == "synapses"

@@ -338,6 +338,42 @@ def test_the_synapse_phase_draws_no_cluster_and_one_budget_of_synapses(normaliza
 
 
 @pytest.mark.parametrize("normalization", ["budget", "global"])
+def test_the_kernel_phase_kills_whole_conv_kernels_and_nothing_else(normalization):
+    """The kernel phase (``environment.kernel_phase``): a conv kernel lives or dies whole
+    (one draw for its synapses, from its mean live |w| among its layer's kernels, the
+    pressure being the expected share that dies); no filter dies; a conv reading one
+    channel (a kernel is its whole filter) and the linear layers lose nothing."""
+    from evosynth.config import EnvironmentConfig
+    from evosynth.environment import factors
+
+    model, layers, enc = lenet_and_encoding(granularity="filter", normalization=normalization)
+    w, m = weights_and_masks(model, layers)
+    m["conv2"][0, :, 0, 0] = False  # a kernel's mean is over its live synapses
+    env = factors(EnvironmentConfig(kernel_phase=True), 0.4, retired={"conv2"},
+                  phase="kernels")
+    assert env.kernel_unit and not env.clusters_evolve and not env.retired
+    out = enc.sample(w, m, 1, generator(0, "t"), env)
+    kernels = cluster_view(out["conv2"], layers["conv2"], "kernel")
+    alive = kernels.any(dim=1)
+    assert torch.equal(kernels[alive], cluster_view(m["conv2"], layers["conv2"],
+                                                    "kernel")[alive])  # all or nothing
+    assert int(alive.sum()) == pytest.approx(0.6 * 1000, abs=50)
+    assert bool(alive.reshape(50, 20).any(dim=1).all())  # every filter keeps a kernel
+    for name in ("conv1", "fc1", "fc2"):
+        assert torch.equal(out[name], m[name]), name
+    p = cluster_view(enc.kernel_probability("conv2", w["conv2"], m["conv2"], 0.6),
+                     layers["conv2"], "kernel")
+    live = cluster_view(m["conv2"], layers["conv2"], "kernel")
+    p_kernel = p.amax(dim=1)
+    assert torch.equal(p * live, p_kernel[:, None] * live)  # one chance per kernel
+    assert float(p_kernel.mean()) == pytest.approx(0.6, abs=1e-6)
+    mean = (cluster_view(w["conv2"].abs(), layers["conv2"], "kernel") * live).sum(1) \
+        / live.sum(1)
+    assert bool((p_kernel[mean.argsort()].diff() >= -1e-12).all())  # by the mean |w|
+    assert float(p_kernel.std()) > 0
+
+
+@pytest.mark.parametrize("normalization", ["budget", "global"])
 def test_synapses_under_the_global_budget_go_by_magnitude_across_layers(normalization):
     """With ``synapse_share`` above 0, per-layer budgets thin a narrow layer of large weights
     as much as a wide one; under ``global`` the synapses of surviving filters share one

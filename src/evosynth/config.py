@@ -177,6 +177,12 @@ class EnvironmentConfig:
         "help": "once a generation has no layer left to retire, the layers retired in "
                 "earlier generations evolve again for one more round of tries, once per run: "
                 "a layer out of room early may have room after the others moved on"})
+    kernel_phase: bool = field(default=True, metadata={
+        "help": "when no try can lose filters and hold the floor (and no layer is left to "
+                "retire), the kernels w[o, i] of the surviving conv filters die next, whole, "
+                "the weakest by mean |w| first, each conv layer reading several channels "
+                "losing the pressure's share of its kernels, under the same law, until no "
+                "try holds; then the synapse phase (cluster encoding only)"})
     thin: bool = field(default=True, metadata={
         "help": "when no try can lose clusters and hold the floor (and no layer is left to "
                 "retire), the clusters stay and the synapses evolve on: the pressure falls "

@@ -89,6 +89,7 @@ class Environment:
     max_pressure: float = 1.0  # no layer's pressure goes above it
     scale: Mapping[str, float] = field(default_factory=dict)  # per-layer pressure multiplier
     retired: frozenset[str] = frozenset()  # layers that no longer evolve (nothing dies)
+    kernel_unit: bool = False  # the kernel phase: conv synapses die a kernel at a time
 
     @property
     def clusters_evolve(self) -> bool:
@@ -235,6 +236,34 @@ class Encoding:
         level in the cluster encoding; per kernel or synapse otherwise."""
         return isinstance(self, ClusterEncoding) and self.cfg.granularity != "kernel"
 
+    def kernel_layers(self) -> list[str]:
+        """The conv layers reading several channels: those whose kernels the kernel phase
+        draws. Where a conv reads one channel (a grayscale input, a depthwise conv) a
+        kernel is its whole filter, whose death that phase may not bring: such a layer
+        keeps its synapses until the synapse phase."""
+        return [n for n, layer in self.layers.items()
+                if layer.kind == "conv" and layer.shape[1] > 1]
+
+    def kernel_unit(self, name: str, env: Environment | None) -> bool:
+        """In the kernel phase a conv layer's synapses live or die a kernel at a time."""
+        return (env is not None and env.kernel_unit and not env.clusters_evolve
+                and name in self.kernel_layers())
+
+    def kernel_probability(self, name: str, weight: torch.Tensor, mask: torch.Tensor,
+                           factor: float) -> torch.Tensor:
+        """Weight-shaped: each live synapse of a conv layer has its kernel's chance, drawn
+        from the kernel's mean live |w| among the layer's kernels, ``factor`` their expected
+        surviving share (a layer's own budget: kernel sizes and weight scales differ
+        between layers, and each layer's kernels compete among themselves)."""
+        layer = self.layers[name]
+        live = cluster_view(mask.cpu(), layer, "kernel")
+        w = cluster_view(weight.detach().abs().cpu().to(torch.float64), layer, "kernel")
+        alive = live.any(dim=1)
+        mean = (w * live).sum(dim=1) / live.sum(dim=1).clamp(min=1)
+        p = torch.zeros(alive.shape, dtype=torch.float64)
+        p[alive] = survival_probability(mean[alive], factor, self.per_layer)
+        return (p[:, None] * live).reshape(weight.shape)
+
     def synapse_probability(self, weight: torch.Tensor, mask: torch.Tensor, factor: float
                             ) -> torch.Tensor:
         p = torch.zeros(weight.shape, dtype=torch.float64)
@@ -242,6 +271,24 @@ class Encoding:
         p[live] = survival_probability(weight.detach().abs().cpu()[live], factor,
                                        self.per_layer)
         return p
+
+    def draw_synapses(self, name: str, parent: torch.Tensor, p: torch.Tensor,
+                      generator: torch.Generator, env: Environment | None) -> torch.Tensor:
+        """The parent's synapses that survive, each drawn with its probability ``p``, or one
+        draw per kernel where kernels are the unit (its synapses share ``p``; a filter keeps
+        its most probable kernel: no filter dies in the kernel phase)."""
+        if not self.kernel_unit(name, env):
+            return parent & (torch.rand(parent.shape, generator=generator,
+                                        dtype=torch.float64) < p)
+        layer = self.layers[name]
+        p_kernel = cluster_view(p, layer, "kernel").amax(dim=1)
+        alive = torch.rand(p_kernel.shape, generator=generator, dtype=torch.float64) < p_kernel
+        per_filter = alive.reshape(layer.shape[0], layer.shape[1])
+        per_filter |= _strongest(p_kernel.reshape(per_filter.shape)) & ~per_filter.any(
+            dim=1, keepdim=True)
+        child = parent.clone()
+        cluster_view(child, layer, "kernel")[~per_filter.reshape(-1)] = False
+        return child
 
     def cluster_probabilities(self, weights, masks, generation, env
                               ) -> dict[str, torch.Tensor]:
@@ -284,10 +331,12 @@ class Encoding:
                 children[name] = parent.clone()
                 continue
             f_s, _ = self.factors(name, generation, env)
-            p_syn = (pooled[name] if pooled
-                     else self.synapse_probability(weights[name], parent, f_s))
-            children[name] = parent & (torch.rand(parent.shape, generator=generator,
-                                                  dtype=torch.float64) < p_syn)
+            if self.kernel_unit(name, env):
+                p_syn = self.kernel_probability(name, weights[name], parent, env.layer(name)[2])
+            else:
+                p_syn = (pooled[name] if pooled
+                         else self.synapse_probability(weights[name], parent, f_s))
+            children[name] = self.draw_synapses(name, parent, p_syn, generator, env)
             if name in cluster_p:
                 drawn[name] = _keep_one(torch.rand(cluster_p[name].shape, generator=generator,
                                                    dtype=torch.float64) < cluster_p[name],

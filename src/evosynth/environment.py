@@ -22,15 +22,20 @@ resumed run continues exactly):
   no layer left to retire first brings back the layers retired in earlier generations for
   one more round of ``tries``, once per run;
 - when clusters can no longer die (no try held, no layer left to retire), the run enters
-  its synapse phase (``thin``): the clusters stay, and the synapses of the whole network
-  (under ``global``, drawn by magnitude against one budget) take the pressure, from the
-  first generation's again, under the same law, until no try holds. What dense hardware
-  skips is settled by then; this thins what sparse kernels and storage skip. The phase
-  begins with the reserve spent (that is why clusters stopped), so a reserve could only
-  hold the pressure at its minimum there: in it, an offspring that lost nothing measurable
-  against its parent (the shortfall within ``noise`` standard errors) also makes the next
-  environment harsher. ``parent_grows`` (an option, measured and not kept) applies that
-  rule in the cluster phase too.
+  its kernel phase, if ``kernel_phase`` is on: the filters stay, and the kernels of every
+  conv layer reading several channels die whole, each layer losing the pressure's share,
+  from the first generation's pressure again, under the same law (the parent rule below
+  included), until no try holds. A dead kernel is a kernel cluster a sparse convolution
+  skips, and the synapse phase would only scatter deaths over kernels and kill none;
+- then the run enters its synapse phase (``thin``): the clusters stay, and the synapses
+  of the whole network (under ``global``, drawn by magnitude against one budget) take the
+  pressure, from the first generation's again, under the same law, until no try holds.
+  What dense hardware skips is settled by then; this thins what sparse kernels and
+  storage skip. These phases begin with the reserve spent (that is why clusters stopped),
+  so a reserve could only hold the pressure at its minimum there: in them, an offspring
+  that lost nothing measurable against its parent (the shortfall within ``noise``
+  standard errors) also makes the next environment harsher. ``parent_grows`` (an
+  option, measured and not kept) applies that rule in the cluster phase too.
 """
 
 from __future__ import annotations
@@ -45,9 +50,13 @@ from .encoding import Environment
 def factors(cfg: EnvironmentConfig, pressure: float, retired: Iterable[str] = (),
             synaptic: bool = False, phase: str = "clusters") -> Environment:
     """A generation's factors at ``pressure``. The synaptic encoding draws no clusters: its
-    synapses take the whole pressure, not ``synapse_share`` of it. In the ``synapses``
-    phase no cluster dies (factor 1) and the synapses of every layer, retired or not, take
-    the whole pressure."""
+    synapses take the whole pressure, not ``synapse_share`` of it. In the ``kernels`` phase
+    no filter dies (factor 1) and the kernels of every conv layer, retired or not, take the
+    whole pressure, a kernel at a time; in the ``synapses`` phase the synapses of every
+    layer do, one by one."""
+    if phase == "kernels":
+        return Environment(cluster=1.0, synapse=1.0, kernel=1 - pressure,
+                           max_pressure=cfg.max_pressure, kernel_unit=True)
     if phase == "synapses":
         return Environment(cluster=1.0, synapse=1 - pressure, kernel=1.0,
                            max_pressure=cfg.max_pressure)

@@ -290,6 +290,7 @@ class Evolution:
         stopped = ("floor" if not last["meets_floor"] and last["generation"] > 0
                    else "target" if last["generation"] > 0 and self.reached(last)
                    else "generations" if last["generation"] >= self.cfg.evolution.generations
+                   else "nothing left" if self.exhausted()
                    else "running")
         floor = self.floor()
         ev = self.cfg.evolution
@@ -374,7 +375,14 @@ class Evolution:
         last = self.history[-1]
         return (last["generation"] >= self.cfg.evolution.generations
                 or (last["generation"] > 0 and not last["meets_floor"])
-                or (last["generation"] > 0 and self.reached(last)))
+                or (last["generation"] > 0 and self.reached(last))
+                or self.exhausted())
+
+    def exhausted(self) -> bool:
+        """In the kernel phase with every filter down to one kernel and no synapse phase
+        after it (``thin: false``): nothing is left to draw."""
+        return (self.phase() == "kernels" and not self.phases_after()
+                and not self.kernels_left())
 
     def reached(self, rec: dict[str, Any]) -> bool:
         """The record meets every value of ``evolution.target`` (none set: never)."""
@@ -408,7 +416,8 @@ class Evolution:
         parent = self.parent_score(last)
         cost = None
         if parent is not None and (env.parent_grows
-                                   or last["environment"].get("phase") == "synapses"):
+                                   or last["environment"].get("phase", "clusters")
+                                   != "clusters"):
             cost = (parent - last[self.val_key]) / (anc - floor) if anc > floor else 0.0
         return next_pressure(env, last["environment"]["pressure"], reserve, error, cost)
 
@@ -457,13 +466,33 @@ class Evolution:
         return self.keep(g, offspring, time.perf_counter() - t0, env)
 
     def phase(self) -> str:
-        """``clusters``, or ``synapses`` once a generation was accepted in the synapse
-        phase (``environment.thin``)."""
+        """``clusters``, then ``kernels`` or ``synapses`` once a generation was accepted in
+        the kernel phase (``environment.kernel_phase``) or the synapse phase (``thin``)."""
         return self.history[-1].get("environment", {}).get("phase", "clusters")
 
-    def thins(self) -> bool:
-        return (self.cfg.evolution.environment.thin and self.cfg.encoding.kind == "cluster"
-                and self.phase() == "clusters")
+    def phases_after(self) -> list[str]:
+        """The phases still to come after the current one, in order (cluster encoding
+        only): ``kernels`` (``kernel_phase``, while a kernel is left to lose), then
+        ``synapses`` (``thin``)."""
+        env = self.cfg.evolution.environment
+        if self.cfg.encoding.kind != "cluster":
+            return []
+        order = ["clusters", "kernels", "synapses"]
+        wanted = {"kernels": env.kernel_phase and self.kernels_left(), "synapses": env.thin}
+        return [p for p in order[order.index(self.phase()) + 1:] if wanted[p]]
+
+    def kernels_left(self) -> bool:
+        """Whether the kernel phase has anything to draw: a filter of a conv layer reading
+        several channels (``Encoding.kernel_layers``) with more than one live kernel, in
+        some parent (each filter keeps one)."""
+        names = self.breeder.encoding.kernel_layers()
+        for parent in self.population:
+            for name in names:
+                m = parent.masks[name].cpu()
+                if bool((m.reshape(m.shape[0], m.shape[1], -1).any(dim=2).sum(dim=1) > 1)
+                        .any()):
+                    return True
+        return False
 
     def pressures(self, g: int, rejected: list[dict[str, Any]] = ()
                   ) -> list[tuple[float, str]]:
@@ -471,12 +500,16 @@ class Evolution:
         them, and ``tries`` more after each layer it may still retire, from the first
         generation's pressure again (the layers left were not the ones failing), and
         ``tries`` more where a ``revisit`` may bring earlier retired layers back (sooner when
-        a round ended with no layer to retire: the entry marked ``revisit``); then, with
-        ``thin``, ``tries`` in the synapse phase from that pressure (sooner: ``then``)."""
+        a round ended with no layer to retire: the entry marked ``revisit``); then
+        ``tries`` in each phase still to come (``phases_after``: the kernel phase, the
+        synapse phase), from that pressure (sooner: ``then``)."""
         env = self.cfg.evolution.environment
         first = retries(env, self.pressure(g))
-        if self.phase() == "synapses":
-            return [(p, "synapses") for p in first]
+        later = [(p, phase) for phase in self.phases_after() for p in retries(env, env.pressure)]
+        if self.phase() == "kernels" and not self.kernels_left():
+            return later  # every filter is down to one kernel: on to the synapse phase
+        if self.phase() != "clusters":
+            return [(p, self.phase()) for p in first] + later
         again = [(p, "clusters") for p in retries(env, env.pressure)]
         out = [(p, "clusters") for p in first] + again * self.retirements_left()
         if self.revisitable():
@@ -486,8 +519,7 @@ class Evolution:
                    None)
         if end is not None:
             out = out[:end] + (again if "revisit" in rejected[end - 1] else [])
-        return out + ([(p, "synapses") for p in retries(env, env.pressure)]
-                      if self.thins() else [])
+        return out + later
 
     def _check_something_evolves(self) -> None:
         """With the pressure on clusters only, a network whose every layer keeps its
@@ -556,7 +588,8 @@ class Evolution:
         """Adaptive mode: the try's environment record when its fittest holds the floor or
         no try is left; else None, the try recorded among ``rejected`` (and saved). The
         last of a round of ``tries`` failed tries retires a layer (``blame.blame_order``) or,
-        with none to retire, moves the generation on to the synapse phase."""
+        with none to retire, moves the generation on to the next phase (kernels, synapses);
+        a later phase's failed tries move it on to the phase after, or end the run."""
         pressures = self.pressures(g, rejected)
         (p, phase), best = pressures[attempt], select(offspring, 1)[0]
         retired = self.retired(rejected)
@@ -588,12 +621,16 @@ class Evolution:
                 entry["revisit"] = back
                 self.log(f"gen {g}: no try held the floor and no layer is left to retire; "
                          f"{', '.join(back)}, retired before, evolve again")
-            elif self.thins():
-                entry["then"] = "synapses"
+            elif self.phases_after():
+                entry["then"] = self.phases_after()[0]
                 self.log(f"gen {g}: no try held the floor and no layer is left to retire; "
-                         "the clusters stay and the synapses evolve on")
+                         f"the clusters stay and the {entry['then']} evolve on")
             else:
                 return record
+        elif pressures[attempt + 1][1] != phase:  # a later phase's round failed
+            entry["then"] = pressures[attempt + 1][1]
+            self.log(f"gen {g}: no try held the floor; the {phase} stay and the "
+                     f"{entry['then']} evolve on")
         rejected.append(entry)
         self.save_attempts(g, rejected)
         return None
