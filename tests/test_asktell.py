@@ -326,22 +326,29 @@ def test_with_parent_grows_an_offspring_that_lost_nothing_makes_it_harsher(tmp_p
     assert syn.evo.pressure(3) == pytest.approx(0.15 if parent_grows else 0.05)
 
 
+def small_cnn(digits, tmp_path, c1: int, c2: int, generations: int) -> evosynth.Synthesis:
+    """An ask/tell run of a trained two-conv net (``c1`` then ``c2`` filters) under the
+    defaults (the kernel phase included), its generations tried once each, whose cluster
+    phase has just ended: its first generation's only try failed."""
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, c1, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Conv2d(c1, c2, 3),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(c2 * 4 * 4, 10))
+    fit(net, x, y, 1)
+    cfg = {"evolution": {"generations": generations, "max_drop": 0.01,
+                         "environment": {"tries": 1, "retire": 0, "pressure": 0.3}},
+           "measure": {"costs": False}}
+    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
+    assert syn.tell(syn.ask()[0], 0.5) is None
+    return syn
+
+
 def test_the_kernel_phase_comes_between_the_clusters_and_the_synapses(digits, tmp_path):
     """``environment.kernel_phase``: once no try can lose filters, the conv layer reading
     several channels loses whole kernels (kernel clusters fall, no filter dies, the first
     conv and the linear layer keep every synapse) for as long as a try holds the floor;
     then the synapse phase; then the run ends."""
-    x, y, _, _ = digits
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Conv2d(4, 8, 3),
-                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
-    fit(net, x, y, 1)
-    cfg = {"evolution": {"generations": 5, "max_drop": 0.01,
-                         "environment": {"tries": 1, "retire": 0, "pressure": 0.3,
-                                         "kernel_phase": True}},
-           "measure": {"costs": False}}
-    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
-    assert syn.tell(syn.ask()[0], 0.5) is None  # the cluster phase ends at once
+    syn = small_cnn(digits, tmp_path, 4, 8, 5)
     assert syn.evo.load_attempts(1)[-1]["then"] == "kernels"
     parent = {n: torch.ones_like(m) for n, m in syn.ask()[0].masks.items()}
     for gen in (1, 2):
@@ -370,16 +377,7 @@ def test_a_kernel_phase_with_one_kernel_left_per_filter_moves_on(digits, tmp_pat
     kernel phase has nothing left to draw: the next generation is the synapse phase's,
     not a generation that trains the parent unchanged, and without a synapse phase
     (``thin: false``) the run ends there."""
-    x, y, _, _ = digits
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 2, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Conv2d(2, 3, 3),
-                        nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
-    fit(net, x, y, 1)
-    cfg = {"evolution": {"generations": 12, "max_drop": 0.01,
-                         "environment": {"tries": 1, "retire": 0, "pressure": 0.3}},
-           "measure": {"costs": False}}  # the kernel phase is the default
-    syn = evosynth.Synthesis(net, x[:8], 0.9, cfg, run_dir=tmp_path / "r", log=lambda s: None)
-    assert syn.tell(syn.ask()[0], 0.5) is None  # the cluster phase ends at once
+    syn = small_cnn(digits, tmp_path, 2, 3, 12)
     gen = 1
     while syn.evo.kernels_left():
         rec = syn.tell(syn.ask()[0], 0.9)
