@@ -361,11 +361,9 @@ def test_the_kernel_phase_kills_whole_conv_kernels_and_nothing_else(normalizatio
     assert bool(alive.reshape(50, 20).any(dim=1).all())  # every filter keeps a kernel
     for name in ("conv1", "fc1", "fc2"):
         assert torch.equal(out[name], m[name]), name
-    p = cluster_view(enc.kernel_probability("conv2", w["conv2"], m["conv2"], 0.6),
-                     layers["conv2"], "kernel")
+    p_kernel = enc.kernel_probability("conv2", w["conv2"], m["conv2"], 0.6)
     live = cluster_view(m["conv2"], layers["conv2"], "kernel")
-    p_kernel = p.amax(dim=1)
-    assert torch.equal(p * live, p_kernel[:, None] * live)  # one chance per kernel
+    assert p_kernel.shape == (50 * 20,)  # one chance per kernel
     assert float(p_kernel.mean()) == pytest.approx(0.6, abs=1e-6)
     mean = (cluster_view(w["conv2"].abs(), layers["conv2"], "kernel") * live).sum(1) \
         / live.sum(1)

@@ -246,15 +246,14 @@ class Encoding:
 
     def kernel_unit(self, name: str, env: Environment | None) -> bool:
         """In the kernel phase a conv layer's synapses live or die a kernel at a time."""
-        return (env is not None and env.kernel_unit and not env.clusters_evolve
-                and name in self.kernel_layers())
+        return env is not None and env.kernel_unit and name in self.kernel_layers()
 
     def kernel_probability(self, name: str, weight: torch.Tensor, mask: torch.Tensor,
                            factor: float) -> torch.Tensor:
-        """Weight-shaped: each live synapse of a conv layer has its kernel's chance, drawn
-        from the kernel's mean live |w| among the layer's kernels, ``factor`` their expected
-        surviving share (a layer's own budget: kernel sizes and weight scales differ
-        between layers, and each layer's kernels compete among themselves)."""
+        """Per kernel of a conv layer (dead ones 0): its chance, drawn from its mean live
+        |w| among the layer's kernels, ``factor`` their expected surviving share (a
+        layer's own budget: kernel sizes and weight scales differ between layers, and each
+        layer's kernels compete among themselves)."""
         layer = self.layers[name]
         live = cluster_view(mask.cpu(), layer, "kernel")
         w = cluster_view(weight.detach().abs().cpu().to(torch.float64), layer, "kernel")
@@ -262,7 +261,7 @@ class Encoding:
         mean = (w * live).sum(dim=1) / live.sum(dim=1).clamp(min=1)
         p = torch.zeros(alive.shape, dtype=torch.float64)
         p[alive] = survival_probability(mean[alive], factor, self.per_layer)
-        return (p[:, None] * live).reshape(weight.shape)
+        return p
 
     def synapse_probability(self, weight: torch.Tensor, mask: torch.Tensor, factor: float
                             ) -> torch.Tensor:
@@ -271,24 +270,6 @@ class Encoding:
         p[live] = survival_probability(weight.detach().abs().cpu()[live], factor,
                                        self.per_layer)
         return p
-
-    def draw_synapses(self, name: str, parent: torch.Tensor, p: torch.Tensor,
-                      generator: torch.Generator, env: Environment | None) -> torch.Tensor:
-        """The parent's synapses that survive, each drawn with its probability ``p``, or one
-        draw per kernel where kernels are the unit (its synapses share ``p``; a filter keeps
-        its most probable kernel: no filter dies in the kernel phase)."""
-        if not self.kernel_unit(name, env):
-            return parent & (torch.rand(parent.shape, generator=generator,
-                                        dtype=torch.float64) < p)
-        layer = self.layers[name]
-        p_kernel = cluster_view(p, layer, "kernel").amax(dim=1)
-        alive = torch.rand(p_kernel.shape, generator=generator, dtype=torch.float64) < p_kernel
-        per_filter = alive.reshape(layer.shape[0], layer.shape[1])
-        per_filter |= _strongest(p_kernel.reshape(per_filter.shape)) & ~per_filter.any(
-            dim=1, keepdim=True)
-        child = parent.clone()
-        cluster_view(child, layer, "kernel")[~per_filter.reshape(-1)] = False
-        return child
 
     def cluster_probabilities(self, weights, masks, generation, env
                               ) -> dict[str, torch.Tensor]:
@@ -331,12 +312,16 @@ class Encoding:
                 children[name] = parent.clone()
                 continue
             f_s, _ = self.factors(name, generation, env)
-            if self.kernel_unit(name, env):
-                p_syn = self.kernel_probability(name, weights[name], parent, env.layer(name)[2])
+            if self.kernel_unit(name, env):  # the kernel phase: no filter dies
+                children[name] = parent.clone()
+                _draw_kernels(self.layers[name], children[name], generator,
+                              self.kernel_probability(name, weights[name], parent,
+                                                      env.layer(name)[2]))
             else:
                 p_syn = (pooled[name] if pooled
                          else self.synapse_probability(weights[name], parent, f_s))
-            children[name] = self.draw_synapses(name, parent, p_syn, generator, env)
+                children[name] = parent & (torch.rand(parent.shape, generator=generator,
+                                                      dtype=torch.float64) < p_syn)
             if name in cluster_p:
                 drawn[name] = _keep_one(torch.rand(cluster_p[name].shape, generator=generator,
                                                    dtype=torch.float64) < cluster_p[name],
@@ -488,11 +473,7 @@ class ClusterEncoding(Encoding):
                                 "kernel").sum(dim=1).to(torch.float64)
         p = torch.zeros(live.shape, dtype=torch.float64)
         p[live] = survival_probability(strength[live], factor, "budget", self.rank)
-        drawn = torch.rand(p.shape, generator=generator, dtype=torch.float64) < p
-        per_filter = drawn.reshape(layer.shape[0], layer.shape[1])
-        per_filter |= _strongest(p.reshape(layer.shape[0], layer.shape[1])) & ~per_filter.any(
-            dim=1, keepdim=True)  # a surviving filter keeps its strongest kernel
-        cluster_view(children[name], layer, "kernel")[~per_filter.reshape(-1)] = False
+        _draw_kernels(layer, children[name], generator, p)
 
     def draw_tied(self, weights, masks, generation, generator, drawn, env=None):
         """At filter granularity a channel that a residual addition ties across layers is
@@ -571,6 +552,18 @@ def _mean_normalized(s: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         if mean > 0:
             out[live] = s[live].double() / mean
     return out
+
+
+def _draw_kernels(layer: Layer, child: torch.Tensor, generator: torch.Generator,
+                  p: torch.Tensor) -> None:
+    """Draw each kernel of a conv layer once with its chance ``p`` (dead kernels 0) and kill
+    the losers in ``child``, in place; a filter that would lose every kernel keeps its most
+    probable one (``filter+kernel``'s surviving filters, the kernel phase's every filter)."""
+    drawn = torch.rand(p.shape, generator=generator, dtype=torch.float64) < p
+    per_filter = drawn.reshape(layer.shape[0], layer.shape[1])
+    per_filter |= _strongest(p.reshape(per_filter.shape)) & ~per_filter.any(dim=1,
+                                                                            keepdim=True)
+    cluster_view(child, layer, "kernel")[~per_filter.reshape(-1)] = False
 
 
 def _strongest(p: torch.Tensor) -> torch.Tensor:

@@ -485,12 +485,11 @@ class Evolution:
         """Whether the kernel phase has anything to draw: a filter of a conv layer reading
         several channels (``Encoding.kernel_layers``) with more than one live kernel, in
         some parent (each filter keeps one)."""
-        names = self.breeder.encoding.kernel_layers()
         for parent in self.population:
-            for name in names:
-                m = parent.masks[name].cpu()
-                if bool((m.reshape(m.shape[0], m.shape[1], -1).any(dim=2).sum(dim=1) > 1)
-                        .any()):
+            for name in self.breeder.encoding.kernel_layers():
+                layer = self.layers[name]
+                kernels = live_clusters(parent.masks[name].cpu(), layer, "kernel")
+                if bool((kernels.reshape(layer.shape[0], -1).sum(dim=1) > 1).any()):
                     return True
         return False
 
