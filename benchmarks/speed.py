@@ -86,7 +86,9 @@ def main() -> None:
                     help="instead: the generation with fewest MACs at this test accuracy "
                          "(a reporting choice; selection inside a run never sees test data)")
     ap.add_argument("--make-run", action="store_true", help="evolve a LeNet-5 run first")
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--data-dir", default=None,
+                    help="where the run's data lies now (default: its config's; for "
+                         "--make-run, ../shared/data/mnist)")
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
     if args.make_run:
@@ -94,6 +96,7 @@ def main() -> None:
         from evosynth.config import load_config
 
         args.run_dir = str(ROOT / "runs" / "speed-lenet5")
+        args.data_dir = args.data_dir or str(ROOT.parent / "shared" / "data" / "mnist")
         cfg = load_config(ROOT / "configs" / "lenet5_mnist.yaml", {"data_dir": args.data_dir})
         evosynth.run(cfg, args.run_dir, force=True, progress=False)
     if not args.run_dir:
@@ -105,9 +108,9 @@ def main() -> None:
         ok = [r for r in hist.values() if r["test_accuracy"] >= args.min_test]
         args.generation = min(ok, key=lambda r: (r.get("compact_macs", 0), r["synapses"])
                               )["generation"]
-    anc = load_run(args.run_dir, 0)
+    anc = load_run(args.run_dir, 0, args.data_dir)
     ancestor, cfg, example = anc.model, anc.config, anc.example
-    best = load_run(args.run_dir, args.generation)
+    best = load_run(args.run_dir, args.generation, args.data_dir)
     child, genome = best.model, best.genome
     small = compact(child, example, genome.masks, tuple(cfg.encoding.exclude))
     with torch.no_grad():

@@ -42,6 +42,25 @@ def test_an_offspring_drawn_on_cuda_is_the_one_drawn_on_the_cpu(enc):
             assert torch.equal(on_gpu[name].cpu(), on_cpu[name]), name
 
 
+@pytest.mark.parametrize("normalization", ["budget", "global"])
+def test_a_kernel_phase_offspring_drawn_on_cuda_is_the_one_drawn_on_the_cpu(normalization):
+    """The kernel phase's per-kernel draw (one chance per conv kernel, a filter keeps its
+    most probable kernel) gives the same masks on the GPU as on the CPU, and kills some."""
+    from evosynth.config import EnvironmentConfig
+    from evosynth.environment import factors
+
+    model, layers, encoding = lenet_and_encoding(granularity="filter",
+                                                 normalization=normalization)
+    w, m = weights_and_masks(model, layers)
+    env = factors(EnvironmentConfig(kernel_phase=True), 0.4, phase="kernels")
+    on_cpu = encoding.sample(w, m, 1, generator(0, "t"), env)
+    on_gpu = encoding.sample({n: t.cuda() for n, t in w.items()},
+                             {n: t.cuda() for n, t in m.items()}, 1, generator(0, "t"), env)
+    assert int(on_cpu["conv2"].sum()) < int(m["conv2"].sum())
+    for name in layers:
+        assert torch.equal(on_gpu[name].cpu(), on_cpu[name]), name
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_compaction_on_cuda_is_exact(name):
     cls, shape = MODELS[name]

@@ -58,3 +58,30 @@ def test_cli_export(run, monkeypatch, capsys):
     assert code == 0 and "max abs diff" in out
     code, _, err = cli(monkeypatch, capsys, "export", run, "--generation", "9")
     assert code == 2 and "generation 9 is not complete" in err
+
+
+def test_a_run_moved_away_from_its_data_loads_where_the_data_now_is(fake_mnist, tmp_path,
+                                                                   monkeypatch):
+    """``load_run(..., data_dir=)``: a run directory copied to another machine (a GPU box,
+    say) reads its data from where it lies there, and rebuilds the same generation."""
+    from evosynth.errors import UserError
+
+    cfg = validate({"model": "lenet5", "dataset": "mnist", "data_dir": str(fake_mnist),
+                    "evolution": {"generations": 1, "max_drop": None,
+                                  "environment": {"kind": "schedule"}},
+                    "ancestor_train": {"epochs": 1}, "train": {"epochs": 1}})
+    evosynth.run(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    here = load_run(tmp_path / "run", 1)
+    moved = fake_mnist.rename(tmp_path / "elsewhere")
+
+    def offline(*a, **k):
+        raise OSError("no network in tests")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(UserError):
+        load_run(tmp_path / "run", 1)
+    there = load_run(tmp_path / "run", 1, data_dir=moved)
+    assert torch.equal(there.example, here.example)
+    theirs = there.model.state_dict()
+    for n, a in here.model.state_dict().items():
+        assert torch.equal(a, theirs[n]), n

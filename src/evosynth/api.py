@@ -187,10 +187,14 @@ class LoadedRun:
     example: torch.Tensor  # a batch of training inputs, for compaction and export
 
 
-def load_run(run_dir: str | Path, generation: int | None = None) -> LoadedRun:
-    """A registry run's generation (default: its best, from summary.json)."""
+def load_run(run_dir: str | Path, generation: int | None = None,
+             data_dir: str | Path | None = None) -> LoadedRun:
+    """A registry run's generation (default: its best, from summary.json); ``data_dir``
+    says where the data lies now, for a run moved off the machine that made it."""
     rd = RunDir(run_dir)
     cfg = rd.config()
+    if data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
     model, data = build(cfg)
     done = rd.complete_generations()
     if generation is None:
