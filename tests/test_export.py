@@ -12,6 +12,8 @@ from evosynth.config import validate
 from evosynth.export import export_onnx, export_safetensors, load_safetensors
 from evosynth.models.lenet import LeNet5
 
+from .conftest import run_cli
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -61,9 +63,10 @@ def test_cli_export(run, monkeypatch, capsys):
 
 
 def test_a_run_moved_away_from_its_data_loads_where_the_data_now_is(fake_mnist, tmp_path,
-                                                                   monkeypatch):
-    """``load_run(..., data_dir=)``: a run directory copied to another machine (a GPU box,
-    say) reads its data from where it lies there, and rebuilds the same generation."""
+                                                                   monkeypatch, capsys):
+    """``load_run(..., data_dir=)`` and ``evosynth export --data-dir``: a run directory
+    copied to another machine (a GPU box, say) reads its data from where it lies there,
+    and rebuilds the same generation; without it, a one-line error (exit 2)."""
     from evosynth.errors import UserError
 
     cfg = validate({"model": "lenet5", "dataset": "mnist", "data_dir": str(fake_mnist),
@@ -85,3 +88,9 @@ def test_a_run_moved_away_from_its_data_loads_where_the_data_now_is(fake_mnist, 
     theirs = there.model.state_dict()
     for n, a in here.model.state_dict().items():
         assert torch.equal(a, theirs[n]), n
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "run"), "--out",
+                           str(tmp_path / "m.onnx"))
+    assert code == 2 and "MNIST is not in" in err and not (tmp_path / "m.onnx").exists()
+    code, out, _ = run_cli(capsys, "export", str(tmp_path / "run"), "--out",
+                           str(tmp_path / "m.onnx"), "--data-dir", str(moved))
+    assert code == 0 and (tmp_path / "m.onnx").is_file() and "wrote" in out

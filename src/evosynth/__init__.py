@@ -5,7 +5,7 @@ and cluster strength under an environmental factor; each offspring is trained an
 the next parent (Shafiee & Wong, arXiv 1609.01360; Shafiee, Barshan & Wong, 1704.02081).
 """
 
-from .api import build, evolve, export_run, resume, run
+from .api import build, evolve, export_run, load_run, resume, run
 from .asktell import Candidate, Synthesis
 from .clusters import prunable_layers
 from .config import EncodingConfig, EvolutionConfig, RunConfig, TrainConfig, load_config
@@ -32,6 +32,7 @@ __all__ = [
     "evolve",
     "export_run",
     "load_config",
+    "load_run",
     "make_encoding",
     "prunable_layers",
     "resume",

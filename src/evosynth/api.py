@@ -235,9 +235,11 @@ def check_resume_settings(out: str | Path, given: RunConfig, whole: bool,
 
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", generation: int | None = None,
-               out: str | Path | None = None, force: bool = False) -> tuple[list[Path], str]:
+               out: str | Path | None = None, force: bool = False,
+               data_dir: str | Path | None = None) -> tuple[list[Path], str]:
     """Write a generation's compact network; returns the files written and a note. Never
-    writes over the run's own files, a folder, or (without ``force``) any existing file."""
+    writes over the run's own files, a folder, or (without ``force``) any existing file.
+    ``data_dir``: where the run's data lies now (its example batch traces the network)."""
     from .compact import compact
     from .export import FORMATS, export_onnx, export_safetensors
 
@@ -257,7 +259,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", generation: int | None = 
             raise UserError(f"--out {out}: {t} is one of the run's own files")
         if (t.exists() or t.is_symlink()) and not force:
             raise UserError(f"{t} exists; pass --force to overwrite it")
-    run = load_run(run_dir, g)
+    run = load_run(run_dir, g, data_dir)
     model, genome, cfg, example = run.model, run.genome, run.config, run.example
     small = compact(model, example, genome.masks, tuple(cfg.encoding.exclude)).model
     if fmt == "onnx":

@@ -156,12 +156,15 @@ def export(
     generation: Annotated[int | None, typer.Option(help="default: the run's best")] = None,
     out: Annotated[Path | None, typer.Option(help="output file (default: in the run)")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out")] = False,
+    data_dir: Annotated[str | None, typer.Option(
+        help="where the run's data lies now, if it moved (default: as the run recorded)")
+    ] = None,
 ) -> None:
     """Write a generation's compact network (dead filters and channels removed)."""
     from .api import export_run
 
     _existing_run(run_dir)
-    written, note = export_run(run_dir, format, generation, out, force)
+    written, note = export_run(run_dir, format, generation, out, force, data_dir)
     typer.echo(f"wrote {', '.join(map(str, written))}{note}")
 
 
