@@ -47,7 +47,7 @@ def main() -> None:
         bench = compare.make_bench(over, ancestor, quick=False)
         bench.measure("ancestor", 0, copy.deepcopy(bench.ancestor), 0.0)
         bench.floor = history[0]["val_accuracy"] - args.max_drop
-        compare.structured(bench, steps, ratio=0.97, criterion=args.criterion)
+        compare.run_peer(bench, args.criterion, steps, quick=False)  # compare.py's setting
         rows = bench.rows[1:]
         out = Path(args.run) / f"peer-steps-{args.criterion.split()[0]}-{steps}.json"
         out.write_text(json.dumps(rows, indent=1))

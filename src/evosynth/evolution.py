@@ -620,8 +620,8 @@ class Evolution:
                 entry["revisit"] = back
                 self.log(f"gen {g}: no try held the floor and no layer is left to retire; "
                          f"{', '.join(back)}, retired before, evolve again")
-            elif self.phases_after():
-                entry["then"] = self.phases_after()[0]
+            elif after := self.phases_after():
+                entry["then"] = after[0]
                 self.log(f"gen {g}: no try held the floor and no layer is left to retire; "
                          f"the clusters stay and the {entry['then']} evolve on")
             else:
